@@ -1,0 +1,86 @@
+package dataplane
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Triggerable is implemented by dataplanes that have time-driven work (an
+// IPVS real server draining, for instance) and need a sync later without a
+// model change. The function they get schedules one through the Runner.
+type Triggerable interface {
+	SetTrigger(func())
+}
+
+// Syncer is the proxy front end: it drains the Tracker and hands the State to
+// the Dataplane, paced by a Runner. It is the only caller of Dataplane.Sync.
+type Syncer struct {
+	tracker *Tracker
+	dp      Dataplane
+	runner  *Runner
+
+	needFull bool // owned by the runner goroutine
+
+	mu          sync.Mutex
+	lastSuccess time.Time
+	lastErr     error
+	syncs       int
+}
+
+// NewSyncer wires a Tracker to a Dataplane. minSyncPeriod bounds how often
+// the kernel is programmed; syncPeriod is the full-resync interval.
+func NewSyncer(t *Tracker, dp Dataplane, minSyncPeriod, syncPeriod time.Duration) *Syncer {
+	s := &Syncer{tracker: t, dp: dp, needFull: true}
+	s.runner = NewRunner(s.syncOnce, minSyncPeriod, syncPeriod)
+	if tr, ok := dp.(Triggerable); ok {
+		tr.SetTrigger(s.runner.Run)
+	}
+	return s
+}
+
+// Notify schedules a sync; sources call it after each event.
+func (s *Syncer) Notify() { s.runner.Run() }
+
+// Run syncs until ctx is done.
+func (s *Syncer) Run(ctx context.Context) { s.runner.Loop(ctx) }
+
+// Status reports the time of the last successful sync, the last error (nil
+// after a success) and how many syncs succeeded.
+func (s *Syncer) Status() (lastSuccess time.Time, lastErr error, syncs int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastSuccess, s.lastErr, s.syncs
+}
+
+func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
+	// Until every source listed its objects, programming would remove
+	// Services not yet seen (and traffic with them).
+	if !s.tracker.Initialized() {
+		klog.V(2).InfoS("Not syncing: sources not synced yet")
+		return nil
+	}
+	st, changes := s.tracker.Drain()
+	changes.Full = s.needFull || periodic
+	start := time.Now()
+	err := s.dp.Sync(ctx, st, changes)
+	elapsed := time.Since(start)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		// The drained changes are used up: only a full sync can be sure
+		// to catch up with them.
+		s.needFull = true
+		s.lastErr = err
+		klog.ErrorS(err, "Sync failed; will retry", "dataplane", s.dp.Name(), "full", changes.Full, "elapsed", elapsed)
+		return err
+	}
+	s.needFull = false
+	s.lastErr = nil
+	s.lastSuccess = time.Now()
+	s.syncs++
+	klog.V(2).InfoS("Synced", "dataplane", s.dp.Name(), "full", changes.Full, "changedServices", len(changes.Services), "servicePorts", len(st.Services), "elapsed", elapsed)
+	return nil
+}

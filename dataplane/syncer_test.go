@@ -1,0 +1,93 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+// recordingDataplane records each Sync's full flag and changed Services.
+type recordingDataplane struct {
+	fail  error
+	syncs []Changes
+	dumps []string
+}
+
+func (r *recordingDataplane) Name() string { return "recording" }
+func (r *recordingDataplane) Sync(_ context.Context, st *State, c Changes) error {
+	r.syncs = append(r.syncs, c)
+	r.dumps = append(r.dumps, st.Dump())
+	return r.fail
+}
+func (r *recordingDataplane) Cleanup(context.Context) error { return nil }
+
+func TestSyncerWaitsForSourcesThenFullThenPartial(t *testing.T) {
+	tr := NewTracker("node-a", TranslateOptions{}, nil)
+	dp := &recordingDataplane{}
+	s := NewSyncer(tr, dp, 0, 0)
+	ctx := context.Background()
+
+	tr.OnServiceUpsert(svc("demo", "web"))
+	if err := s.syncOnce(ctx, false); err != nil || len(dp.syncs) != 0 {
+		t.Fatalf("synced before sources were synced: %v %v", err, dp.syncs)
+	}
+	tr.SetServicesSynced()
+	tr.SetEndpointSlicesSynced()
+
+	// First sync is full.
+	if err := s.syncOnce(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if !dp.syncs[0].Full || !dp.syncs[0].Has(ServiceName{"demo", "web"}) {
+		t.Fatalf("first sync %+v", dp.syncs[0])
+	}
+	// Then partial with only what changed.
+	tr.OnServiceUpsert(svc("demo", "api"))
+	if err := s.syncOnce(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if c := dp.syncs[1]; c.Full || changedNames(c) != "demo/api" {
+		t.Fatalf("second sync %+v", c)
+	}
+	// A failure makes the next sync full, even without periodic.
+	dp.fail = errors.New("kernel said no")
+	tr.OnServiceDelete("demo", "api")
+	if err := s.syncOnce(ctx, false); err == nil {
+		t.Fatal("error not returned to the runner")
+	}
+	if _, lastErr, _ := s.Status(); lastErr == nil {
+		t.Fatal("status lost the error")
+	}
+	dp.fail = nil
+	if err := s.syncOnce(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if c := dp.syncs[3]; !c.Full {
+		t.Fatalf("sync after failure not full: %+v", c)
+	}
+	// Periodic syncs are full.
+	if err := s.syncOnce(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if c := dp.syncs[4]; !c.Full {
+		t.Fatalf("periodic sync not full: %+v", c)
+	}
+	if last, lastErr, n := s.Status(); last.IsZero() || lastErr != nil || n != 4 {
+		t.Fatalf("status %v %v %d", last, lastErr, n)
+	}
+}
+
+type triggerDataplane struct {
+	recordingDataplane
+	trigger func()
+}
+
+func (d *triggerDataplane) SetTrigger(f func()) { d.trigger = f }
+
+func TestSyncerHandsTriggerToDataplane(t *testing.T) {
+	dp := &triggerDataplane{}
+	NewSyncer(NewTracker("n", TranslateOptions{}, nil), dp, 0, 0)
+	if dp.trigger == nil {
+		t.Fatal("Triggerable dataplane got no trigger")
+	}
+}

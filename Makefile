@@ -1,0 +1,32 @@
+# switchyard — build and test entry points. Every target installs what it
+# needs (scripts/ensure-deps.sh) so a fresh Debian machine works.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+GO ?= go
+# Minimum number of passing host tests: fewer means tests silently vanished.
+MIN_HOST_TESTS ?= 40
+
+.PHONY: all build deps vet test test-unit test-vm cleanup-stale
+
+all: build
+
+build:
+	$(GO) build -o bin/switchyard ./cmd/switchyard
+
+deps:
+	bash scripts/ensure-deps.sh
+
+vet:
+	$(GO) vet ./...
+
+# Host tests: unit tests against fakes plus real-kernel tests in network
+# namespaces (iptables, ipset, netns helpers). Needs root for the latter.
+test-unit: deps vet
+	$(GO) test -count=1 -timeout 20m -json ./... | $(GO) run ./test/cmd/testsummary $(MIN_HOST_TESTS)
+
+# Real IPVS: boots a Debian kernel under qemu with the test/ipvsvm tests as
+# /init (see test/vm). The kernel package is cached in .cache/vm.
+test-vm: deps
+	$(GO) run ./test/vm/cmd/vmtest -pkg ./test/ipvsvm -timeout 20m $(if $(RUN),-run '$(RUN)') $(if $(V),-v)
+
+test: test-unit test-vm

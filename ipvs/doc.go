@@ -1,0 +1,44 @@
+// Package ipvs is switchyard's IPVS dataplane: it programs Linux IPVS
+// virtual servers (one per Service frontend address, port and protocol) and
+// binds the frontend addresses to a dummy link so the kernel accepts them as
+// local, like kube-proxy's IPVS mode does with kube-ipvs0.
+//
+// The package has three layers:
+//
+//   - Desired turns the dataplane model into a DesiredState. It is a pure
+//     function; its Dump output is what the golden tests compare.
+//   - Handle, Links and Sysctl are the kernel clients, each with a real
+//     implementation (moby/ipvs, vishvananda/netlink, /proc/sys) and a fake
+//     with kernel-like semantics (not-found and already-exists errors) and a
+//     deterministic Dump.
+//   - Proxier diffs the DesiredState against what the kernel reports and
+//     applies the smallest change. It never flushes.
+//
+// # Ownership
+//
+// switchyard shares IPVS and the node's addresses with other programs, so
+// every write is limited to objects it can prove it owns:
+//
+//  1. The dummy link (Links' name, default "switchyard0") and every address
+//     on it belong to switchyard.
+//  2. A virtual server belongs to switchyard when its address is on the
+//     dummy link and is not also an address of another link of the node.
+//     Frontend addresses are bound to the dummy link before any virtual
+//     server is created on them, so the rule holds from the first write.
+//  3. A virtual server on an address the node also has elsewhere (every
+//     NodePort virtual server, and an ExternalIP that is a node address)
+//     belongs to switchyard only if its key is listed in the state file
+//     (Config.StateDir/ipvs-state.json). The key is written there before the
+//     virtual server is created and removed after it is deleted.
+//  4. Anything else is foreign: it is never updated or deleted, by Sync or
+//     Cleanup, even when switchyard wants the same key. A desired key held by
+//     a foreign virtual server is logged as a conflict and left alone.
+//     Firewall-mark virtual servers are always foreign.
+//  5. Addresses on links other than the dummy link are never touched.
+//
+// Consequences: a virtual server another program creates on a ClusterIP is
+// adopted (the ClusterIP is switchyard's address); a virtual server on an
+// address someone removed from the dummy link is no longer recognized and is
+// left in place; losing the state file orphans NodePort virtual servers (they
+// are left alone, never deleted by mistake).
+package ipvs

@@ -1,0 +1,158 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"k8s.io/klog/v2"
+)
+
+// Sysctl reads and writes kernel parameters by their /proc/sys path, e.g.
+// "net/ipv4/ip_forward". A missing key wraps ErrNotFound.
+type Sysctl interface {
+	Get(key string) (string, error)
+	Set(key, value string) error
+}
+
+// ProcSysctl implements Sysctl on /proc/sys. Note that /proc/sys/net shows
+// the network namespace of the process that opened it, whatever Links and
+// Handle target.
+type ProcSysctl struct {
+	// Root is the sysctl directory, "/proc/sys" when empty.
+	Root string
+}
+
+func (p ProcSysctl) path(key string) string {
+	root := p.Root
+	if root == "" {
+		root = "/proc/sys"
+	}
+	return filepath.Join(root, filepath.FromSlash(key))
+}
+
+func (p ProcSysctl) Get(key string) (string, error) {
+	b, err := os.ReadFile(p.path(key))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("sysctl %s: %w", key, ErrNotFound)
+		}
+		return "", fmt.Errorf("sysctl %s: %w", key, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func (p ProcSysctl) Set(key, value string) error {
+	// No O_CREATE: a missing key means a missing module, not a file to make.
+	f, err := os.OpenFile(p.path(key), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("sysctl %s: %w", key, ErrNotFound)
+		}
+		return fmt.Errorf("sysctl %s: %w", key, err)
+	}
+	_, werr := f.WriteString(value + "\n")
+	cerr := f.Close()
+	if err := errors.Join(werr, cerr); err != nil {
+		return fmt.Errorf("sysctl %s: %w", key, err)
+	}
+	return nil
+}
+
+const (
+	sysctlForward                 = "net/ipv4/ip_forward"
+	sysctlVSConntrack             = "net/ipv4/vs/conntrack"
+	sysctlConnReuseMode           = "net/ipv4/vs/conn_reuse_mode"
+	sysctlExpireNoDestConn        = "net/ipv4/vs/expire_nodest_conn"
+	sysctlExpireQuiescentTemplate = "net/ipv4/vs/expire_quiescent_template"
+	sysctlARPIgnore               = "net/ipv4/conf/all/arp_ignore"
+	sysctlARPAnnounce             = "net/ipv4/conf/all/arp_announce"
+	sysctlOSRelease               = "kernel/osrelease"
+)
+
+type sysctlSetting struct{ key, value, why string }
+
+// wantedSysctls lists the kernel parameters IPVS mode needs, with why.
+func wantedSysctls(s Sysctl, strictARP bool) []sysctlSetting {
+	out := []sysctlSetting{
+		{sysctlForward, "1", "service traffic from pods and other hosts is forwarded to backends"},
+		{sysctlVSConntrack, "1", "IPVS connections must stay in conntrack so iptables/nftables SNAT (masquerade) applies to them"},
+		{sysctlExpireNoDestConn, "1", "connections to a deleted real server are dropped at their next packet instead of hanging"},
+		{sysctlExpireQuiescentTemplate, "1", "persistence (ClientIP affinity) templates to a weight-0 real server expire, so affinity does not pin clients to a draining backend"},
+	}
+	if v, ok := connReuseModeSetting(s); ok {
+		out = append(out, v)
+	}
+	if strictARP {
+		out = append(out,
+			sysctlSetting{sysctlARPIgnore, "1", "strict ARP: answer ARP only for addresses of the receiving interface, never for service addresses on the dummy link"},
+			sysctlSetting{sysctlARPAnnounce, "2", "strict ARP: never use a service address as ARP source"})
+	}
+	return out
+}
+
+// connReuseModeSetting follows kube-proxy. With conn_reuse_mode=1 (the
+// default) IPVS reschedules a new connection whose source port matches an
+// old one in TIME_WAIT; with conntrack=1 kernels before 5.9 did it by
+// dropping the SYN so the stale conntrack entry could expire, and clients
+// saw 1 s connect delays under load (kubernetes#81775). kube-proxy sets 0 on
+// those kernels, accepting that a reused port may reach the old backend.
+// Linux 5.9 (commit 35dfb013149f, as cited by kube-proxy,
+// kubernetes#93297) fixed the delay, so there kube-proxy leaves the value
+// alone and so does switchyard. Kernels before 4.1 do not have the key.
+func connReuseModeSetting(s Sysctl) (sysctlSetting, bool) {
+	release, err := s.Get(sysctlOSRelease)
+	if err != nil {
+		klog.InfoS("Cannot read kernel version; leaving sysctl as is", "sysctl", sysctlConnReuseMode, "err", err)
+		return sysctlSetting{}, false
+	}
+	major, minor, ok := kernelVersion(release)
+	switch {
+	case !ok:
+		klog.InfoS("Cannot parse kernel version; leaving sysctl as is", "sysctl", sysctlConnReuseMode, "release", release)
+		return sysctlSetting{}, false
+	case major < 4 || major == 4 && minor < 1:
+		klog.ErrorS(nil, "Kernel too old to set sysctl (needs 4.1)", "sysctl", sysctlConnReuseMode, "release", release)
+		return sysctlSetting{}, false
+	case major > 5 || major == 5 && minor >= 9:
+		klog.V(2).InfoS("Kernel has the IPVS connection reuse fix; leaving sysctl as is", "sysctl", sysctlConnReuseMode, "release", release)
+		return sysctlSetting{}, false
+	}
+	return sysctlSetting{sysctlConnReuseMode, "0", "kernels before 5.9 delay reused connections by 1 s with conn_reuse_mode=1"}, true
+}
+
+// kernelVersion parses "6.1.0-56-amd64" into 6, 1.
+func kernelVersion(release string) (major, minor int, ok bool) {
+	parts := strings.SplitN(release, ".", 3)
+	if len(parts) < 2 {
+		return 0, 0, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minorStr := parts[1]
+	if i := strings.IndexFunc(minorStr, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+		minorStr = minorStr[:i]
+	}
+	minor, err2 := strconv.Atoi(minorStr)
+	return major, minor, err1 == nil && err2 == nil
+}
+
+// ensureSysctls writes every wanted parameter that differs. Failures are
+// logged, never returned: a node can run (degraded) without them, and
+// refusing to program services would be worse.
+func ensureSysctls(s Sysctl, strictARP bool) {
+	for _, w := range wantedSysctls(s, strictARP) {
+		cur, err := s.Get(w.key)
+		if err == nil && cur == w.value {
+			continue
+		}
+		if err := s.Set(w.key, w.value); err != nil {
+			klog.ErrorS(err, "Could not set sysctl; IPVS may misbehave", "sysctl", w.key, "value", w.value, "why", w.why)
+			continue
+		}
+		klog.V(2).InfoS("Set sysctl", "sysctl", w.key, "value", w.value, "previous", cur)
+	}
+}

@@ -1,0 +1,270 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// LabelHeadless is set by the EndpointSlice controller on the slices of
+// headless Services (v1.IsHeadlessService); the proxy never needs them.
+const LabelHeadless = v1.IsHeadlessService
+
+// InformerOptions configures RunInformers. The zero value is usable.
+type InformerOptions struct {
+	// ProxyName is the agent's service.kubernetes.io/service-proxy-name
+	// (dataplane.TranslateOptions.ProxyName). Empty: objects carrying the
+	// label are filtered out by the API server, as kube-proxy does. Set:
+	// no label filter is applied, because a selector cannot express
+	// "label absent OR equal to ProxyName"; the Tracker skips the Services
+	// of other proxies, and their slices program nothing without them.
+	ProxyName string
+
+	// ResyncPeriod re-delivers every cached object as an update this
+	// often; 0 (the default) disables it. kube-proxy defaults to 15m, but a
+	// resync replays the informer's cache, not the API server, and the sync
+	// loop already compares the whole State with the kernel on its own
+	// maximum interval, so a resync would only cost CPU.
+	ResyncPeriod time.Duration
+}
+
+// ServiceSelector is the label selector of the Service informer.
+func ServiceSelector(proxyName string) labels.Selector {
+	sel := labels.NewSelector()
+	if proxyName == "" {
+		sel = sel.Add(mustRequirement(dataplane.LabelServiceProxyName, selection.DoesNotExist))
+	}
+	return sel
+}
+
+// EndpointSliceSelector is the label selector of the EndpointSlice
+// informer: never headless slices, and the service-proxy-name rule of
+// ServiceSelector (the EndpointSlice controller copies Service labels to
+// the slices).
+func EndpointSliceSelector(proxyName string) labels.Selector {
+	sel := labels.NewSelector().Add(mustRequirement(LabelHeadless, selection.DoesNotExist))
+	if proxyName == "" {
+		sel = sel.Add(mustRequirement(dataplane.LabelServiceProxyName, selection.DoesNotExist))
+	}
+	return sel
+}
+
+func mustRequirement(key string, op selection.Operator) labels.Requirement {
+	r, err := labels.NewRequirement(key, op, nil)
+	if err != nil {
+		panic(fmt.Sprintf("label requirement %s %s: %v", key, op, err)) // constant input
+	}
+	return *r
+}
+
+// RunInformers watches Services, EndpointSlices (discovery/v1) and this
+// node's Node object, delivers them to h and calls notify after each event.
+// Once every informer has listed and h has received the initial objects, it
+// marks Services and EndpointSlices synced (and calls notify). It blocks
+// until ctx is done and returns nil then; it returns an error when the
+// arguments are invalid or ctx ends before the caches synced.
+func RunInformers(ctx context.Context, client kubernetes.Interface, nodeName string, h Handler, notify func(), opts InformerOptions) error {
+	if client == nil || h == nil {
+		return errors.New("informers: client and handler are required")
+	}
+	if nodeName == "" {
+		// The node name selects node-local endpoints (trafficPolicy Local)
+		// and the node's zone; running without it would be silently wrong.
+		return errors.New("informers: node name is required")
+	}
+	if opts.ResyncPeriod < 0 {
+		return fmt.Errorf("informers: negative resync period %v", opts.ResyncPeriod)
+	}
+	notify = notifier(notify)
+
+	svcSel := ServiceSelector(opts.ProxyName).String()
+	sliceSel := EndpointSliceSelector(opts.ProxyName).String()
+	nodeSel := fields.OneTermEqualSelector(metav1.ObjectNameField, nodeName).String()
+	// One factory per selector: a factory applies its tweak to every
+	// informer it makes.
+	svcFactory := informers.NewSharedInformerFactoryWithOptions(client, opts.ResyncPeriod,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = svcSel }))
+	sliceFactory := informers.NewSharedInformerFactoryWithOptions(client, opts.ResyncPeriod,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sliceSel }))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, opts.ResyncPeriod,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = nodeSel }))
+	factories := []informers.SharedInformerFactory{svcFactory, sliceFactory, nodeFactory}
+
+	ev := informerEvents{h: h, notify: notify, nodeName: nodeName}
+	var synced []cache.InformerSynced
+	for _, reg := range []struct {
+		what     string
+		informer cache.SharedIndexInformer
+		handler  cache.ResourceEventHandler
+	}{
+		{"Service", svcFactory.Core().V1().Services().Informer(), ev.serviceHandler()},
+		{"EndpointSlice", sliceFactory.Discovery().V1().EndpointSlices().Informer(), ev.sliceHandler()},
+		{"Node", nodeFactory.Core().V1().Nodes().Informer(), ev.nodeHandler()},
+	} {
+		r, err := reg.informer.AddEventHandler(reg.handler)
+		if err != nil {
+			return fmt.Errorf("informers: adding %s handler: %w", reg.what, err)
+		}
+		// The registration, unlike the informer, is synced only once the
+		// handler has received the initial list; marking the tracker synced
+		// earlier could program a Service before its endpoints arrived.
+		synced = append(synced, r.HasSynced)
+	}
+
+	for _, f := range factories {
+		f.Start(ctx.Done())
+	}
+	// Shutdown waits for the informer goroutines, which stop when ctx ends.
+	defer func() {
+		for _, f := range factories {
+			f.Shutdown()
+		}
+	}()
+
+	klog.InfoS("Waiting for informer caches to sync", "serviceSelector", svcSel, "endpointSliceSelector", sliceSel, "node", nodeName)
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("informers: waiting for caches to sync: %w", context.Cause(ctx))
+	}
+	h.SetServicesSynced()
+	h.SetEndpointSlicesSynced()
+	notify()
+	klog.InfoS("Informer caches synced")
+
+	<-ctx.Done()
+	return nil
+}
+
+// informerEvents turns informer callbacks into Handler calls.
+type informerEvents struct {
+	h        Handler
+	notify   func()
+	nodeName string
+}
+
+func (e informerEvents) serviceHandler() cache.ResourceEventHandler {
+	upsert := func(obj any) {
+		svc, ok := obj.(*v1.Service)
+		if !ok {
+			klog.ErrorS(nil, "Unexpected object in Service informer", "type", fmt.Sprintf("%T", obj))
+			return
+		}
+		e.h.OnServiceUpsert(svc)
+		e.notify()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    upsert,
+		UpdateFunc: func(_, obj any) { upsert(obj) },
+		DeleteFunc: func(obj any) {
+			ns, name, ok := deletedKey[*v1.Service](obj)
+			if !ok {
+				return
+			}
+			e.h.OnServiceDelete(ns, name)
+			e.notify()
+		},
+	}
+}
+
+func (e informerEvents) sliceHandler() cache.ResourceEventHandler {
+	upsert := func(obj any) {
+		sl, ok := obj.(*discovery.EndpointSlice)
+		if !ok {
+			klog.ErrorS(nil, "Unexpected object in EndpointSlice informer", "type", fmt.Sprintf("%T", obj))
+			return
+		}
+		e.h.OnEndpointSliceUpsert(sl)
+		e.notify()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    upsert,
+		UpdateFunc: func(_, obj any) { upsert(obj) },
+		DeleteFunc: func(obj any) {
+			sl, ok := obj.(*discovery.EndpointSlice)
+			if tomb, isTomb := obj.(cache.DeletedFinalStateUnknown); isTomb {
+				sl, ok = tomb.Obj.(*discovery.EndpointSlice)
+			}
+			if !ok {
+				// The tracker finds a slice by namespace and name, so the
+				// tombstone's key is enough when its object is unusable.
+				ns, name, found := deletedKey[*discovery.EndpointSlice](obj)
+				if !found {
+					return
+				}
+				sl = &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+			}
+			e.h.OnEndpointSliceDelete(sl)
+			e.notify()
+		},
+	}
+}
+
+func (e informerEvents) nodeHandler() cache.ResourceEventHandler {
+	upsert := func(obj any) {
+		node, ok := obj.(*v1.Node)
+		if !ok {
+			klog.ErrorS(nil, "Unexpected object in Node informer", "type", fmt.Sprintf("%T", obj))
+			return
+		}
+		// The field selector already restricts the watch to this node; the
+		// check keeps the contract when a client ignores it (fakes do).
+		if node.Name != e.nodeName {
+			return
+		}
+		e.h.OnNodeUpsert(node)
+		e.notify()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    upsert,
+		UpdateFunc: func(_, obj any) { upsert(obj) },
+		DeleteFunc: func(obj any) {
+			_, name, ok := deletedKey[*v1.Node](obj)
+			if !ok || name != e.nodeName {
+				return
+			}
+			// Without its Node the zone is unknown; forgetting it makes
+			// topology-aware routing fall back to all endpoints, which is
+			// always correct, if not optimal, until the Node is back.
+			klog.InfoS("This node's Node object was deleted; forgetting its zone", "node", name)
+			e.h.OnNodeUpsert(&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
+			e.notify()
+		},
+	}
+}
+
+// deletedKey returns the namespace and name of a deleted object, which is
+// either a T or a cache.DeletedFinalStateUnknown tombstone (the watch missed
+// the delete and a relist found the object gone). For a tombstone whose
+// object is not a T, the namespace and name come from its key.
+func deletedKey[T metav1.Object](obj any) (namespace, name string, ok bool) {
+	if o, isT := obj.(T); isT {
+		return o.GetNamespace(), o.GetName(), true
+	}
+	tomb, isTomb := obj.(cache.DeletedFinalStateUnknown)
+	if !isTomb {
+		klog.ErrorS(nil, "Unexpected object in delete event", "type", fmt.Sprintf("%T", obj))
+		return "", "", false
+	}
+	if o, isT := tomb.Obj.(T); isT {
+		return o.GetNamespace(), o.GetName(), true
+	}
+	namespace, name, err := cache.SplitMetaNamespaceKey(tomb.Key)
+	if err != nil || name == "" {
+		klog.ErrorS(err, "Unusable tombstone in delete event", "key", tomb.Key, "type", fmt.Sprintf("%T", tomb.Obj))
+		return "", "", false
+	}
+	return namespace, name, true
+}

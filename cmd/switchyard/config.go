@@ -1,0 +1,114 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// config is everything the flags say. Each dataplane gets its own Config
+// built from it in dataplanes.go.
+type config struct {
+	hostnameOverride string
+	kubeconfig       string
+	master           string
+	manifests        string
+	proxyName        string
+
+	minSyncPeriod time.Duration
+	syncPeriod    time.Duration
+
+	ipvsScheduler     string
+	ipvsDrainTimeout  time.Duration
+	ipvsStrictARP     bool
+	nodePortAddresses []netip.Prefix
+	stateDir          string
+	dummyLink         string
+
+	masqueradeBit         int
+	masqueradeAll         bool
+	clusterCIDRs          []netip.Prefix
+	conntrackDropInvalid  bool
+	conntrackTCPBeLiberal bool
+
+	cleanup bool
+}
+
+func parseFlags(args []string) (*config, error) {
+	c := &config{}
+	fs := pflag.NewFlagSet("switchyard", pflag.ContinueOnError)
+	fs.StringVar(&c.hostnameOverride, "hostname-override", "", "this node's name (default: the hostname)")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means in-cluster configuration")
+	fs.StringVar(&c.master, "master", "", "API server address (overrides the kubeconfig's)")
+	fs.StringVar(&c.manifests, "manifests", "", "standalone mode: read Services and EndpointSlices from YAML/JSON files in this directory instead of an API server")
+	fs.StringVar(&c.proxyName, "proxy-name", "switchyard", "Services labelled service.kubernetes.io/service-proxy-name with this value are handled; other values are skipped")
+	fs.DurationVar(&c.minSyncPeriod, "min-sync-period", time.Second, "minimum time between two dataplane syncs; changes arriving sooner are coalesced")
+	fs.DurationVar(&c.syncPeriod, "sync-period", 30*time.Second, "maximum time between two syncs: a full resync that repairs drift")
+	fs.StringVar(&c.ipvsScheduler, "ipvs-scheduler", "rr", "default IPVS scheduler: one of "+strings.Join(dataplane.IPVSSchedulers, ", ")+" (per Service: annotation "+dataplane.AnnotationIPVSScheduler+")")
+	fs.DurationVar(&c.ipvsDrainTimeout, "ipvs-drain-timeout", 15*time.Minute, "how long a removed IPVS real server keeps draining its connections (weight 0) before it is deleted anyway")
+	fs.BoolVar(&c.ipvsStrictARP, "ipvs-strict-arp", false, "set arp_ignore=1 and arp_announce=2 so service IPs on the dummy link are not answered by ARP (MetalLB L2)")
+	var nodePortAddrs, clusterCIDRs []string
+	fs.StringSliceVar(&nodePortAddrs, "nodeport-addresses", nil, "CIDRs of the node addresses NodePorts are opened on (default: all local unicast addresses)")
+	fs.StringVar(&c.stateDir, "state-dir", "/var/run/switchyard", "directory for state that must survive agent restarts (IPVS ownership, drain start times)")
+	fs.StringVar(&c.dummyLink, "ipvs-dummy-link", "switchyard0", "name of the dummy link holding service IPs")
+	fs.IntVar(&c.masqueradeBit, "masquerade-bit", 14, "bit of the packet mark that requests SNAT (0-31)")
+	fs.BoolVar(&c.masqueradeAll, "masquerade-all", false, "SNAT all traffic to cluster IPs")
+	fs.StringSliceVar(&clusterCIDRs, "cluster-cidr", nil, "pod CIDRs; cluster-IP traffic from outside them is SNATed")
+	fs.BoolVar(&c.conntrackDropInvalid, "conntrack-drop-invalid", false, "drop forwarded packets conntrack marks INVALID")
+	fs.BoolVar(&c.conntrackTCPBeLiberal, "conntrack-tcp-be-liberal", false, "set nf_conntrack_tcp_be_liberal=1 so out-of-window TCP packets are not marked INVALID")
+	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
+
+	// klog's flags (-v, --logtostderr, ...) join ours.
+	goflags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(goflags)
+	fs.AddGoFlagSet(goflags)
+
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if !dataplane.ValidScheduler(c.ipvsScheduler) {
+		return nil, fmt.Errorf("--ipvs-scheduler %q: must be one of %v", c.ipvsScheduler, dataplane.IPVSSchedulers)
+	}
+	if c.masqueradeBit < 0 || c.masqueradeBit > 31 {
+		return nil, fmt.Errorf("--masquerade-bit %d: must be 0..31", c.masqueradeBit)
+	}
+	if c.minSyncPeriod < 0 || c.syncPeriod <= 0 {
+		return nil, fmt.Errorf("--min-sync-period must be >= 0 and --sync-period > 0")
+	}
+	var err error
+	if c.nodePortAddresses, err = parsePrefixes("--nodeport-addresses", nodePortAddrs); err != nil {
+		return nil, err
+	}
+	if c.clusterCIDRs, err = parsePrefixes("--cluster-cidr", clusterCIDRs); err != nil {
+		return nil, err
+	}
+	if c.hostnameOverride == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("node name: %w (set --hostname-override)", err)
+		}
+		c.hostnameOverride = h
+	}
+	c.hostnameOverride = strings.ToLower(strings.TrimSpace(c.hostnameOverride))
+	return c, nil
+}
+
+func parsePrefixes(flagName string, in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range in {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flagName, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}

@@ -1,0 +1,100 @@
+// Command switchyard is the node agent: it watches Services and
+// EndpointSlices (from an API server, or from a directory of manifests in
+// standalone mode) and programs the node's kernel through a dataplane.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/dataplane/source"
+)
+
+func main() {
+	os.Exit(mainWithArgs(os.Args[1:]))
+}
+
+func mainWithArgs(args []string) int {
+	cfg, err := parseFlags(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "switchyard:", err)
+		return 2
+	}
+	defer klog.Flush()
+
+	// SIGTERM and SIGINT stop the agent but leave the dataplane in place:
+	// traffic keeps flowing while the agent is down or being upgraded.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	dp, err := newDataplane(cfg)
+	if err != nil {
+		klog.ErrorS(err, "Cannot set up the dataplane")
+		return 1
+	}
+	if cfg.cleanup {
+		if err := dp.Cleanup(ctx); err != nil {
+			klog.ErrorS(err, "Cleanup incomplete")
+			return 1
+		}
+		klog.InfoS("Cleanup done", "dataplane", dp.Name())
+		return 0
+	}
+	if err := run(ctx, cfg, dp); err != nil && !errors.Is(err, context.Canceled) {
+		klog.ErrorS(err, "Agent stopped")
+		return 1
+	}
+	klog.InfoS("Stopping; the dataplane stays programmed")
+	return 0
+}
+
+// run feeds the chosen source into the tracker and syncs dp until ctx ends.
+func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
+	tracker := dataplane.NewTracker(cfg.hostnameOverride, dataplane.TranslateOptions{ProxyName: cfg.proxyName}, func(p dataplane.Problem) {
+		if p.Fatal {
+			klog.ErrorS(nil, "Object rejected", "object", p.Object, "reason", p.Reason, "detail", p.Detail)
+		} else {
+			klog.InfoS("Object corrected", "object", p.Object, "reason", p.Reason, "detail", p.Detail)
+		}
+	})
+	syncer := dataplane.NewSyncer(tracker, dp, cfg.minSyncPeriod, cfg.syncPeriod)
+	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
+
+	srcErr := make(chan error, 1)
+	go func() { srcErr <- runSource(ctx, cfg, tracker, syncer.Notify) }()
+	syncDone := make(chan struct{})
+	go func() { syncer.Run(ctx); close(syncDone) }()
+
+	select {
+	case err := <-srcErr:
+		// A source ends only with its context, or on an error it cannot
+		// recover from (bad kubeconfig): stop, the dataplane stays as is.
+		<-syncDone
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		return ctx.Err()
+	case <-syncDone:
+		return ctx.Err()
+	}
+}
+
+func runSource(ctx context.Context, cfg *config, h source.Handler, notify func()) error {
+	if cfg.manifests != "" {
+		return source.RunManifests(ctx, cfg.manifests, h, notify, func(p source.ManifestProblem) {
+			klog.ErrorS(nil, "Manifest problem", "problem", p)
+		})
+	}
+	client, err := source.ClientFromFlags(cfg.kubeconfig, cfg.master)
+	if err != nil {
+		return err
+	}
+	return source.RunInformers(ctx, client, cfg.hostnameOverride, h, notify, source.InformerOptions{ProxyName: cfg.proxyName})
+}

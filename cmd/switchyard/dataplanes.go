@@ -56,7 +56,7 @@ func newSNAT(cfg *config) (*iptables.Proxier, error) {
 		return nil, fmt.Errorf("snat: %w", err)
 	}
 	return iptables.NewProxier(iptables.Config{
-		MasqueradeBit:         cfg.masqueradeBit,
+		MasqueradeBit:         &cfg.masqueradeBit,
 		MasqueradeAll:         cfg.masqueradeAll,
 		ClusterCIDRs:          cfg.clusterCIDRs,
 		ConntrackDropInvalid:  cfg.conntrackDropInvalid,

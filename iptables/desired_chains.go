@@ -1,0 +1,202 @@
+package iptables
+
+import "strings"
+
+// Rule-building helpers. Rules are written in the order `iptables -S`
+// prints them (see Rule): address and protocol matches (-s, -d, -p) first,
+// then the -m matches in the order given here, then the target.
+
+func comment(text string) []string { return []string{"-m", "comment", "--comment", text} }
+
+func matchSet(set, dirs string) []string { return []string{"-m", "set", "--match-set", set, dirs} }
+
+func jump(target string, opts ...string) []string { return append([]string{"-j", target}, opts...) }
+
+func rule(parts ...[]string) Rule {
+	var r Rule
+	for _, p := range parts {
+		r = append(r, p...)
+	}
+	return r
+}
+
+// buildChains returns the owned chains for cfg in apply order. nonEmpty
+// says whether a set has members; rules matching an empty set are left out
+// (as kube-proxy does), and so are chains nothing would jump to.
+func buildChains(cfg Config, fam Family, nonEmpty func(set string) bool) []DesiredChain {
+	n := func(base string) string { return setName(fam, base) }
+	var chains []DesiredChain
+	mark := DesiredChain{Table: TableNAT, Name: chainMarkMasq, Rules: []Rule{
+		rule(comment("mark service traffic for masquerade"), jump("MARK", "--set-xmark", cfg.masqMark())),
+	}}
+	chains = append(chains, mark)
+
+	// The SERVICES chain sees every packet in PREROUTING and OUTPUT. Its
+	// rules only mark (or jump to chains that only mark or return), so
+	// whatever follows it in the built-in chain (the IPVS hook, a test's
+	// DNAT) still sees every packet.
+	services := DesiredChain{Table: TableNAT, Name: chainServices}
+	// IPVS does not serve connections from 127.0.0.0/8 (no route_localnet
+	// handling), so, as kube-proxy, do not mark them.
+	loopback := "127.0.0.0/8"
+	if fam == FamilyINet6 {
+		loopback = "::1/128"
+	}
+	services.Rules = append(services.Rules,
+		rule([]string{"-s", loopback}, comment("localhost traffic is not proxied"), jump("RETURN")))
+
+	if nonEmpty(n(setClusterIP)) {
+		r, sub := clusterIPRules(cfg, fam)
+		services.Rules = append(services.Rules, r)
+		if sub != nil {
+			chains = append(chains, *sub)
+		}
+	}
+	for _, ext := range []struct {
+		set, local, chain, what string
+	}{
+		{n(setExternalIP), n(setExternalIPLocal), chainExternalIP, "external IP"},
+		{n(setLoadBalancer), n(setLoadBalancerLocal), chainLoadBalancer, "load balancer IP"},
+	} {
+		if !nonEmpty(ext.set) {
+			continue
+		}
+		c := DesiredChain{Table: TableNAT, Name: ext.chain}
+		if nonEmpty(ext.local) {
+			c.Rules = append(c.Rules, rule(comment(ext.what+" with externalTrafficPolicy Local keeps the client address"),
+				matchSet(ext.local, "dst,dst"), jump("RETURN")))
+		}
+		c.Rules = append(c.Rules, rule(comment(ext.what+" traffic"), jump(chainMarkMasq)))
+		chains = append(chains, c)
+		services.Rules = append(services.Rules,
+			rule(comment(ext.what+" traffic"), matchSet(ext.set, "dst,dst"), jump(ext.chain)))
+	}
+	if np := nodePortChain(fam, nonEmpty); np != nil {
+		chains = append(chains, *np)
+		services.Rules = append(services.Rules,
+			rule(comment("node port traffic"), []string{"-m", "addrtype", "--dst-type", "LOCAL"}, jump(chainNodePort)))
+	}
+	chains = append(chains, services, postroutingChain(cfg, fam, nonEmpty), forwardChain(cfg))
+	return chains
+}
+
+// clusterIPRules returns the SERVICES rule for cluster IPs and, with
+// several cluster CIDRs, the chain it jumps to. One rule cannot say "from
+// none of these CIDRs" (iptables refuses `!` with several -s), so several
+// CIDRs get a chain returning for each.
+func clusterIPRules(cfg Config, fam Family) (Rule, *DesiredChain) {
+	cidrs := cfg.clusterCIDRs(fam)
+	clusterSet := setName(fam, setClusterIP)
+	switch {
+	case cfg.MasqueradeAll:
+		return rule(comment("cluster IP traffic, masquerade all"), matchSet(clusterSet, "dst,dst"), jump(chainMarkMasq)), nil
+	case len(cidrs) == 1:
+		return rule([]string{"!", "-s", cidrs[0].String()}, comment("cluster IP traffic from outside the cluster CIDR"),
+			matchSet(clusterSet, "dst,dst"), jump(chainMarkMasq)), nil
+	case len(cidrs) > 1:
+		c := &DesiredChain{Table: TableNAT, Name: chainClusterIP}
+		for _, p := range cidrs {
+			c.Rules = append(c.Rules, rule([]string{"-s", p.String()}, comment("from cluster CIDR "+p.String()), jump("RETURN")))
+		}
+		c.Rules = append(c.Rules, rule(comment("cluster IP traffic from outside the cluster CIDRs"), jump(chainMarkMasq)))
+		return rule(comment("cluster IP traffic"), matchSet(clusterSet, "dst,dst"), jump(chainClusterIP)), c
+	default:
+		// Without cluster CIDRs, internal and external clients cannot be
+		// told apart. As kube-proxy, masquerade at least node-originated
+		// connections whose source is a cluster IP (IPVS binds every cluster
+		// IP to a dummy interface, so the kernel may pick one as source).
+		return rule(comment("node traffic from a cluster IP"), matchSet(clusterSet, "src,dst"), jump(chainMarkMasq)), nil
+	}
+}
+
+// nodePortChain marks NodePort traffic per protocol, except for Services
+// with externalTrafficPolicy Local, which keep the client address. nil if
+// there are no NodePorts.
+func nodePortChain(fam Family, nonEmpty func(string) bool) *DesiredChain {
+	n := func(base string) string { return setName(fam, base) }
+	c := &DesiredChain{Table: TableNAT, Name: chainNodePort}
+	for _, p := range []struct {
+		proto, set, local, dirs string
+	}{
+		{"tcp", n(setNodePortTCP), n(setNodePortLocalTCP), "dst,dst"},
+		{"udp", n(setNodePortUDP), n(setNodePortLocalUDP), "dst,dst"},
+		{"sctp", n(setNodePortSCTP), n(setNodePortLocalSCTP), "dst,dst"},
+	} {
+		if !nonEmpty(p.set) {
+			continue
+		}
+		proto := []string{"-p", p.proto}
+		upper := strings.ToUpper(p.proto)
+		if nonEmpty(p.local) {
+			c.Rules = append(c.Rules, rule(proto, comment(upper+" node port with externalTrafficPolicy Local keeps the client address"),
+				matchSet(p.local, p.dirs), jump("RETURN")))
+		}
+		c.Rules = append(c.Rules, rule(proto, comment(upper+" node port traffic"), matchSet(p.set, p.dirs), jump(chainMarkMasq)))
+	}
+	if len(c.Rules) == 0 {
+		return nil
+	}
+	return c
+}
+
+// postroutingChain masquerades hairpin traffic and marked traffic.
+func postroutingChain(cfg Config, fam Family, nonEmpty func(string) bool) DesiredChain {
+	loopSet := setName(fam, setLoopBack)
+	masq := jump("MASQUERADE")
+	if cfg.RandomFully {
+		masq = jump("MASQUERADE", "--random-fully")
+	}
+	c := DesiredChain{Table: TableNAT, Name: chainPostrouting}
+	if nonEmpty(loopSet) {
+		// After IPVS picked an endpoint, a packet from that same endpoint
+		// (source == destination address, destination port = the
+		// endpoint's) is an endpoint reaching itself through a service. Its
+		// reply would go straight back inside the pod, bypassing de-NAT,
+		// unless the source is rewritten to the node.
+		c.Rules = append(c.Rules, rule(comment("hairpin: endpoint reaching itself through a service"),
+			matchSet(loopSet, "dst,dst,src"), masq))
+	}
+	c.Rules = append(c.Rules,
+		rule(comment("not marked for masquerade"), []string{"-m", "mark", "!", "--mark", cfg.masqMark()}, jump("RETURN")),
+		// Clear the bit so a packet traversing the stack again (e.g.
+		// through a tunnel device) is not masqueraded twice.
+		rule(comment("clear the masquerade mark"), jump("MARK", "--set-xmark", cfg.clearMasqMark())),
+		rule(comment("service traffic requiring SNAT"), masq),
+	)
+	return c
+}
+
+// forwardChain accepts forwarded service traffic even when the FORWARD
+// policy is DROP, and optionally drops conntrack-INVALID packets.
+func forwardChain(cfg Config) DesiredChain {
+	c := DesiredChain{Table: TableFilter, Name: chainForward}
+	if cfg.ConntrackDropInvalid {
+		c.Rules = append(c.Rules, rule(comment("drop packets conntrack considers invalid"),
+			[]string{"-m", "conntrack", "--ctstate", "INVALID"}, jump("DROP")))
+	}
+	c.Rules = append(c.Rules,
+		rule(comment("forward traffic marked for masquerade"), []string{"-m", "mark", "--mark", cfg.masqMark()}, jump("ACCEPT")),
+		rule(comment("forward replies and related traffic"), []string{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"}, jump("ACCEPT")),
+	)
+	return c
+}
+
+// buildHooks returns the jumps from built-in chains into ours.
+func buildHooks() []Hook {
+	hook := func(table, from, to, what string) Hook {
+		return Hook{Table: table, Chain: from, Rule: rule(comment(hookCommentPrefix+what), jump(to))}
+	}
+	return []Hook{
+		hook(TableNAT, builtinPrerouting, chainServices, "service portals"),
+		hook(TableNAT, builtinOutput, chainServices, "service portals"),
+		hook(TableNAT, builtinPostrouting, chainPostrouting, "postrouting rules"),
+		hook(TableFilter, builtinForward, chainForward, "forwarding rules"),
+	}
+}
+
+// isOurHook reports whether a rule in a built-in chain is one of ours:
+// commented "switchyard ..." and jumping to an owned chain. Rules of other
+// software never match, even ones jumping to our chains.
+func isOurHook(r Rule) bool {
+	return strings.HasPrefix(r.Comment(), hookCommentPrefix) && isOwned(r.Target())
+}

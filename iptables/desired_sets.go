@@ -1,0 +1,152 @@
+package iptables
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// setDef describes one owned set independent of its content.
+type setDef struct {
+	name string
+	typ  SetType
+}
+
+// setDefs lists the owned sets of a family, sorted by name.
+//
+// NodePort sets are hash:net,port holding each port twice, as 0.0.0.0/1 and
+// 128.0.0.0/1 with the protocol: together those cover every destination
+// address (hash:net,port refuses /0), and the jump to SWITCHYARD-NODE-PORT
+// already requires a local destination, so a match means "this protocol
+// and port on any node address". kube-proxy uses bitmap:port for TCP and
+// UDP, which the netlink library cannot fill (see SetType), and does not
+// work for SCTP anyway (the kernel's bitmap:port only matches TCP and UDP
+// packets); for SCTP it uses hash:ip,port with every node IP, which needs
+// the node's addresses and their changes. One type for all three keeps the
+// chain uniform; a NodePort lookup is one hash probe either way.
+func setDefs(fam Family) []setDef {
+	defs := []setDef{
+		{setClusterIP, HashIPPort},
+		{setExternalIP, HashIPPort},
+		{setExternalIPLocal, HashIPPort},
+		{setLoadBalancer, HashIPPort},
+		{setLoadBalancerLocal, HashIPPort},
+		{setLoopBack, HashIPPortIP},
+		{setNodePortLocalSCTP, HashNetPort},
+		{setNodePortLocalTCP, HashNetPort},
+		{setNodePortLocalUDP, HashNetPort},
+		{setNodePortSCTP, HashNetPort},
+		{setNodePortTCP, HashNetPort},
+		{setNodePortUDP, HashNetPort},
+	}
+	for i := range defs {
+		defs[i].name = setName(fam, defs[i].name)
+	}
+	slices.SortFunc(defs, func(a, b setDef) int { return cmp.Compare(a.name, b.name) })
+	return defs
+}
+
+// specFor sizes a set for n members.
+func specFor(d setDef, fam Family, n int) SetSpec {
+	return SetSpec{Name: d.name, Type: d.typ, Family: fam, MaxElem: maxElemFor(n)}
+}
+
+// buildSets turns collected members into sorted desired sets.
+func buildSets(members map[string]map[Member]struct{}, fam Family) []DesiredSet {
+	defs := setDefs(fam)
+	out := make([]DesiredSet, 0, len(defs))
+	for _, d := range defs {
+		ms := members[d.name]
+		if ms == nil {
+			ms = map[Member]struct{}{}
+		}
+		out = append(out, DesiredSet{Spec: specFor(d, fam, len(ms)), Members: ms})
+	}
+	return out
+}
+
+// collectMembers computes every set's members from the model, the way
+// kube-proxy's IPVS proxier fills its sets.
+func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struct{} {
+	out := map[string]map[Member]struct{}{}
+	add := func(base string, m Member) {
+		set := setName(fam, base)
+		if out[set] == nil {
+			out[set] = map[Member]struct{}{}
+		}
+		out[set][m] = struct{}{}
+	}
+	inFamily := func(a netip.Addr) (netip.Addr, bool) {
+		a = a.Unmap()
+		return a, a.IsValid() && a.Is4() == (fam == FamilyINet)
+	}
+	for _, name := range st.SortedServicePorts() {
+		sp := st.Services[name]
+		proto, ok := protoNumber(name.Protocol)
+		if !ok {
+			continue
+		}
+		for _, ip := range sp.ClusterIPs {
+			if ip, ok := inFamily(ip); ok {
+				add(setClusterIP, IPPortMember(ip, proto, sp.Port))
+			}
+		}
+		for _, ip := range sp.ExternalIPs {
+			if ip, ok := inFamily(ip); ok {
+				add(setExternalIP, IPPortMember(ip, proto, sp.Port))
+				if sp.ExternalPolicyLocal {
+					add(setExternalIPLocal, IPPortMember(ip, proto, sp.Port))
+				}
+			}
+		}
+		for _, ip := range sp.LoadBalancerIPs {
+			if ip, ok := inFamily(ip); ok {
+				add(setLoadBalancer, IPPortMember(ip, proto, sp.Port))
+				if sp.ExternalPolicyLocal {
+					add(setLoadBalancerLocal, IPPortMember(ip, proto, sp.Port))
+				}
+			}
+		}
+		if sp.NodePort != 0 {
+			all, local := nodePortSets(proto)
+			for _, m := range nodePortMembers(proto, sp.NodePort, fam) {
+				add(all, m)
+				if sp.ExternalPolicyLocal {
+					add(local, m)
+				}
+			}
+		}
+		// Every endpoint, ready or not: a terminating endpoint may still
+		// open connections to its own service and needs the same SNAT.
+		// kube-proxy restricts this to local endpoints (only they can
+		// hairpin through this node); listing all keeps the set independent
+		// of node names at the cost of a bigger set.
+		for _, ep := range dataplane.ClusterEndpoints(st.Endpoints[name]) {
+			if ip, ok := inFamily(ep.Addr.Addr()); ok {
+				add(setLoopBack, IPPortIPMember(ip, proto, ep.Addr.Port(), ip))
+			}
+		}
+	}
+	return out
+}
+
+func nodePortSets(proto uint8) (all, local string) {
+	switch proto {
+	case protoTCP:
+		return setNodePortTCP, setNodePortLocalTCP
+	case protoUDP:
+		return setNodePortUDP, setNodePortLocalUDP
+	}
+	return setNodePortSCTP, setNodePortLocalSCTP
+}
+
+// nodePortMembers returns the members matching a NodePort (see setDefs).
+func nodePortMembers(proto uint8, port uint16, fam Family) []Member {
+	halves := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1")}
+	if fam == FamilyINet6 {
+		halves = []netip.Prefix{netip.MustParsePrefix("::/1"), netip.MustParsePrefix("8000::/1")}
+	}
+	return []Member{NetPortMember(halves[0], proto, port), NetPortMember(halves[1], proto, port)}
+}

@@ -1,0 +1,67 @@
+// Package iptables programs the SNAT side of switchyard's IPVS dataplane the
+// way kube-proxy's IPVS mode does: ipsets hold every service frontend (and
+// every endpoint, for hairpin detection), and a few iptables chains mark
+// packets to those frontends with the masquerade bit; POSTROUTING then
+// masquerades marked packets and hairpin traffic.
+//
+// The package has three layers:
+//
+//   - kernel clients behind small interfaces with faithful fakes: IPSet
+//     (vishvananda/netlink's ipset API), Tables (coreos/go-iptables, which
+//     execs the iptables binary) and Sysctl;
+//   - Desired, a pure function from the dataplane model to the sets, chains
+//     and hook rules the node should have;
+//   - Proxier, which lists what the kernel has, diffs, and applies only the
+//     difference (never flushing a set, rewriting a chain only when its rules
+//     differ).
+//
+// Every object it owns is named SWITCHYARD-* (sets, chains) or carries a
+// "switchyard ..." comment (the jumps from built-in chains); everything else
+// is left alone, by Sync and by Cleanup.
+//
+// # What gets masqueraded
+//
+// The chains only mark packets (bit Config.MasqueradeBit, default 0x4000) in
+// nat PREROUTING and OUTPUT, before IPVS picks an endpoint; POSTROUTING
+// masquerades marked packets. Marked are: NodePort traffic (local
+// destination and a port in SWITCHYARD-NODE-PORT-{TCP,UDP,SCTP}), external IP
+// and load balancer IP traffic, and cluster IP traffic from outside
+// Config.ClusterCIDRs (all of it with Config.MasqueradeAll). Frontends of
+// Services with externalTrafficPolicy Local are exempt (the *-LOCAL sets), so
+// their clients' addresses survive. Hairpin traffic (an endpoint reaching
+// itself through a service: SWITCHYARD-LOOP-BACK matched dst,dst,src after
+// DNAT) is masqueraded directly in POSTROUTING. filter FORWARD accepts marked
+// and established traffic and, with Config.ConntrackDropInvalid, drops
+// conntrack-INVALID packets.
+//
+// Nothing here ACCEPTs in nat (kube-proxy's IPVS mode ends KUBE-SERVICES with
+// ACCEPT for cluster IPs): whatever follows our hook in a built-in nat chain
+// still sees every packet.
+//
+// # Sets
+//
+// Set sizes follow their content: maxelem is max(65536, next power of two >=
+// 2 x members), and a set that outgrows its maxelem is replaced through a
+// temporary set and an atomic swap (growSet), so there is no 65536-member
+// ceiling and no moment with an empty set. See setDefs for why NodePort sets
+// are hash:net,port rather than kube-proxy's bitmap:port.
+//
+// # Network namespaces
+//
+// A netlink socket stays in the namespace it was opened in, so
+// NewNetlinkIPSetAt opens its socket inside the target namespace. go-iptables
+// execs iptables, and a child process starts in its parent *thread's*
+// namespace, so WithNetNS runs each call on a fresh OS thread switched into
+// the namespace (see runInNetNS). The real-kernel tests use both to program
+// namespaces they create, never the root namespace.
+//
+// # iptables backends
+//
+// Tables runs whatever `iptables` is on PATH (on Debian 12: 1.8.9 with the
+// nf_tables backend); NewTables accepts another binary, e.g.
+// "iptables-legacy". Both produce the same `iptables -S` text for the rules
+// written here, so comparison works unchanged; the real-kernel tests run
+// against both when both binaries exist. Mixing backends in one network
+// namespace works in the kernel (both hook netfilter) but each binary only
+// lists its own rules, so a node must stick to one.
+package iptables

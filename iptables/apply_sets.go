@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"k8s.io/klog/v2"
 )
@@ -97,10 +99,15 @@ func memberSet(ms []Member) map[Member]struct{} {
 // overflow on the way.
 func (p *Proxier) diffMembers(ctx context.Context, cur *knownSet, ds DesiredSet, n *opCounts) (*knownSet, error) {
 	wanted := ds.Members
+	var stale []Member
 	for m := range cur.members {
-		if _, ok := wanted[m]; ok {
-			continue
+		if _, ok := wanted[m]; !ok {
+			stale = append(stale, m)
 		}
+	}
+	// Deterministic order: logs and tests see the same sequence every run.
+	slices.SortFunc(stale, func(a, b Member) int { return strings.Compare(a.String(), b.String()) })
+	for _, m := range stale {
 		if err := p.ipset.Del(ds.Spec.Name, m); err != nil && !IsNotFound(err) {
 			return nil, err
 		}

@@ -10,6 +10,9 @@ import (
 // text and yardctl prints it, so a bug report's output can become a test.
 func (s *State) Dump() string {
 	var b strings.Builder
+	if s.NodeZone != "" {
+		fmt.Fprintf(&b, "zone %s\n", s.NodeZone)
+	}
 	for _, name := range s.SortedServicePorts() {
 		sp := s.Services[name]
 		fmt.Fprintf(&b, "%s port=%d", name, sp.Port)

@@ -38,17 +38,17 @@ func TestExamples(t *testing.T) {
 	// Drain sees all of it.
 	st, changes := tr.Drain()
 	const want = `demo/dns:udp port=53 clusterIPs=[10.96.100.53]
-  10.244.1.53:53 ready=true serving=true terminating=false
+  10.244.1.53:53 ready
 demo/echo:http/tcp port=8080 nodePort=30080 clusterIPs=[10.96.100.80]
-  10.244.1.30:8080 ready=true serving=true terminating=false
+  10.244.1.30:8080 ready
 demo/web:http/tcp port=80 clusterIPs=[10.96.100.10]
-  10.244.1.10:8080 ready=true serving=true terminating=false
-  10.244.1.11:8080 ready=true serving=true terminating=false
+  10.244.1.10:8080 ready
+  10.244.1.11:8080 ready
 demo/web-lb:http/tcp port=80 clusterIPs=[10.96.100.90] lbIPs=[192.0.2.10]
-  10.244.1.10:8080 ready=true serving=true terminating=false
-  10.244.1.11:8080 ready=true serving=true terminating=false
+  10.244.1.10:8080 ready
+  10.244.1.11:8080 ready
 `
-	if got := dumpState(st); got != want {
+	if got := st.Dump(); got != want {
 		t.Errorf("State:\n%s\nwant:\n%s", got, want)
 	}
 	if len(changes.Services) != 4 {

@@ -3,7 +3,6 @@ package source
 import (
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -168,37 +167,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// dumpState prints a State one line per Service port and endpoint, in
-// deterministic order, for comparison with a literal.
-func dumpState(st *dataplane.State) string {
-	var b strings.Builder
-	if st.NodeZone != "" {
-		fmt.Fprintf(&b, "zone %s\n", st.NodeZone)
-	}
-	for _, name := range st.SortedServicePorts() {
-		sp := st.Services[name]
-		fmt.Fprintf(&b, "%s port=%d", name, sp.Port)
-		if sp.NodePort != 0 {
-			fmt.Fprintf(&b, " nodePort=%d", sp.NodePort)
-		}
-		fmt.Fprintf(&b, " clusterIPs=%v", sp.ClusterIPs)
-		if len(sp.ExternalIPs) > 0 {
-			fmt.Fprintf(&b, " externalIPs=%v", sp.ExternalIPs)
-		}
-		if len(sp.LoadBalancerIPs) > 0 {
-			fmt.Fprintf(&b, " lbIPs=%v", sp.LoadBalancerIPs)
-		}
-		b.WriteString("\n")
-		for _, ep := range st.Endpoints[name] {
-			fmt.Fprintf(&b, "  %s ready=%t serving=%t terminating=%t", ep.Addr, ep.Ready, ep.Serving, ep.Terminating)
-			if ep.NodeName != "" {
-				fmt.Fprintf(&b, " node=%s", ep.NodeName)
-			}
-			b.WriteString("\n")
-		}
-	}
-	return b.String()
-}
 
 // drainUntil drains tracker until its State dumps as want, so the test
 // does not depend on how events were batched.
@@ -208,7 +176,7 @@ func drainUntil(t *testing.T, tr *dataplane.Tracker, want string) {
 	deadline := time.Now().Add(waitTimeout)
 	for {
 		st, _ := tr.Drain()
-		if got = dumpState(st); got == want {
+		if got = st.Dump(); got == want {
 			return
 		}
 		if time.Now().After(deadline) {

@@ -306,8 +306,8 @@ func TestRunInformersWithTracker(t *testing.T) {
 	eventually(t, "tracker initialized", tr.Initialized)
 	drainUntil(t, tr, `zone zone-a
 demo/web:http/tcp port=80 clusterIPs=[10.96.0.10]
-  10.244.1.10:8080 ready=true serving=true terminating=false
-  10.244.1.11:8080 ready=true serving=true terminating=false
+  10.244.1.10:8080 ready
+  10.244.1.11:8080 ready
 `)
 
 	notReady := testSlice("demo", "web-1", "web", nil, "10.244.1.10", "10.244.1.12")
@@ -318,8 +318,8 @@ demo/web:http/tcp port=80 clusterIPs=[10.96.0.10]
 	})
 	drainUntil(t, tr, `zone zone-a
 demo/web:http/tcp port=80 clusterIPs=[10.96.0.10]
-  10.244.1.10:8080 ready=true serving=true terminating=false
-  10.244.1.12:8080 ready=false serving=true terminating=true
+  10.244.1.10:8080 ready
+  10.244.1.12:8080 serving,terminating
 `)
 
 	mustDo(t, func() error { return client.CoreV1().Services("demo").Delete(ctx, "web", metav1.DeleteOptions{}) })

@@ -27,6 +27,6 @@ test-unit: deps vet
 # Real IPVS: boots a Debian kernel under qemu with the test/ipvsvm tests as
 # /init (see test/vm). The kernel package is cached in .cache/vm.
 test-vm: deps
-	$(GO) run ./test/vm/cmd/vmtest -pkg ./test/ipvsvm -timeout 20m $(if $(RUN),-run '$(RUN)') $(if $(V),-v)
+	$(GO) run ./test/vm/cmd/vmtest -pkg ./test/ipvsvm -agent ./cmd/switchyard -timeout 20m $(if $(RUN),-run '$(RUN)') $(if $(V),-v)
 
 test: test-unit test-vm

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/switchyard/switchyard/test/vm/kmod"
 )
@@ -41,6 +43,10 @@ type InitramfsConfig struct {
 	// ExtraHostBinaries are copied with their shared libraries and the
 	// xtables plugins to the same paths in the guest (see DefaultHostBinaries).
 	ExtraHostBinaries []string
+	// StaticBinaries maps a guest path (e.g. AgentPath) to a host file
+	// copied there as an executable, without libraries: meant for static
+	// Go programs (see GoBinary).
+	StaticBinaries map[string]string
 }
 
 // BuildInitramfs writes the gzip'd cpio to out.
@@ -71,6 +77,11 @@ func BuildInitramfs(ctx context.Context, cfg InitramfsConfig, out string, logf f
 	// /sbin/modprobe; the guest binary acts as modprobe under that name.
 	if err := a.symlink("sbin/modprobe", "/init"); err != nil {
 		return err
+	}
+	for _, guestPath := range slices.Sorted(maps.Keys(cfg.StaticBinaries)) {
+		if err := a.hostFile(guestPath, cfg.StaticBinaries[guestPath], 0o755); err != nil {
+			return err
+		}
 	}
 	if err := a.addModules(cfg.Kernel, cfg.Modules, logf); err != nil {
 		return err

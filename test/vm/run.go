@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -27,12 +28,26 @@ type Config struct {
 	// ExtraHostBinaries are host tools copied, with their libraries, into the
 	// guest at the same paths (see DefaultHostBinaries).
 	ExtraHostBinaries []string
-	MemoryMiB         int       // 1024 when zero
-	CPUs              int       // 2 when zero
-	KernelLog         bool      // boot without "quiet" and log module loading
-	Out               io.Writer // the guest console; os.Stdout when nil
-	Logf              func(string, ...any)
+	// GoBinaries are Go programs built statically on the host and put into
+	// the guest, e.g. the agent at AgentPath for end-to-end tests.
+	GoBinaries []GoBinary
+	MemoryMiB  int       // 1024 when zero
+	CPUs       int       // 2 when zero
+	KernelLog  bool      // boot without "quiet" and log module loading
+	Out        io.Writer // the guest console; os.Stdout when nil
+	Logf       func(string, ...any)
 }
+
+// GoBinary is a Go main package built with CGO_ENABLED=0 (so it runs in the
+// guest without libc) and placed at GuestPath.
+type GoBinary struct {
+	Package   string // e.g. ./cmd/switchyard
+	GuestPath string // absolute, e.g. AgentPath
+}
+
+// AgentPath is where `vmtest -agent` puts the switchyard binary; guest
+// tests that drive the real agent exec it from there.
+const AgentPath = "/bin/switchyard"
 
 // Result is what the guest reported.
 type Result struct {
@@ -108,6 +123,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	defer os.RemoveAll(work)
 
 	// Fetching the kernel (slow only the first time) and compiling overlap.
+	static, gch, err := startGoBuilds(ctx, cfg.GoBinaries, work)
+	if err != nil {
+		return nil, err
+	}
 	type kres struct {
 		k   *Kernel
 		err error
@@ -119,6 +138,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}()
 	bin := filepath.Join(work, "guest.test")
 	berr := BuildTestBinary(ctx, cfg.Package, bin)
+	for range cfg.GoBinaries {
+		berr = errors.Join(berr, <-gch)
+	}
 	kr := <-kch
 	if berr != nil {
 		return nil, berr
@@ -126,11 +148,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if kr.err != nil {
 		return nil, kr.err
 	}
-	cfg.Logf("vm: kernel %s, test binary built (%v)", kr.k.Version, time.Since(start).Round(time.Millisecond))
+	cfg.Logf("vm: kernel %s, binaries built (%v)", kr.k.Version, time.Since(start).Round(time.Millisecond))
 
 	initrd := filepath.Join(work, "initramfs.cpio.gz")
 	if err := BuildInitramfs(ctx, InitramfsConfig{
 		Kernel: kr.k, TestBinary: bin, Modules: cfg.Modules, ExtraHostBinaries: cfg.ExtraHostBinaries,
+		StaticBinaries: static,
 	}, initrd, cfg.Logf); err != nil {
 		return nil, err
 	}
@@ -142,6 +165,42 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Elapsed = time.Since(start)
 	}
 	return res, err
+}
+
+// startGoBuilds validates bins and builds each into dir concurrently. It
+// returns the guest path -> host file map for the initramfs and a channel
+// that receives one result (nil or an error) per binary.
+func startGoBuilds(ctx context.Context, bins []GoBinary, dir string) (map[string]string, <-chan error, error) {
+	static := map[string]string{}
+	for i, b := range bins {
+		if b.Package == "" || !path.IsAbs(b.GuestPath) || path.Clean(b.GuestPath) == "/init" {
+			return nil, nil, fmt.Errorf("go binary %q: needs a package and an absolute guest path other than /init, got %q", b.Package, b.GuestPath)
+		}
+		gp := path.Clean(b.GuestPath)
+		if _, dup := static[gp]; dup {
+			return nil, nil, fmt.Errorf("go binary %q: guest path %s used twice", b.Package, gp)
+		}
+		static[gp] = filepath.Join(dir, fmt.Sprintf("gobin-%d-%s", i, path.Base(gp)))
+	}
+	ch := make(chan error, len(bins))
+	for _, b := range bins {
+		go func() { ch <- BuildGoBinary(ctx, b.Package, static[path.Clean(b.GuestPath)]) }()
+	}
+	return static, ch, nil
+}
+
+// BuildGoBinary compiles a main package into a static binary (no cgo, so it
+// runs in the guest, which has no libc). Symbol and DWARF tables are left
+// out (-s -w): the agent shrinks from ~44 to ~31 MB, which the initramfs
+// compressor and the guest's decompression under TCG both feel; panics
+// still print function names and lines.
+func BuildGoBinary(ctx context.Context, pkg, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s for the guest: %w\n%s", pkg, err, b)
+	}
+	return nil
 }
 
 // BuildTestBinary compiles pkg's tests into a static binary (no cgo, so it

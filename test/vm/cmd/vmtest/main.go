@@ -3,6 +3,10 @@
 //
 //	go run ./test/vm/cmd/vmtest -pkg ./test/ipvsvm [-timeout 15m] [-run REGEX] [-v]
 //
+// The switchyard agent (-agent, default ./cmd/switchyard) is built
+// statically and put into the VM at /bin/switchyard (vm.AgentPath) for the
+// end-to-end tests; -agent= leaves it out.
+//
 // It exits 0 only if the guest ran at least one test and all passed.
 // Host packages come from scripts/ensure-deps.sh.
 package main
@@ -26,6 +30,7 @@ func main() {
 	runRE := flag.String("run", "", "only run guest tests matching this regexp (-test.run)")
 	verbose := flag.Bool("v", false, "verbose harness: kernel log, module loading, timings")
 	noHostBins := flag.Bool("no-host-bins", false, "do not copy iptables/ipset host binaries into the VM")
+	agent := flag.String("agent", "./cmd/switchyard", "Go package of the agent, built statically into the VM as "+vm.AgentPath+"; empty: none")
 	mem := flag.Int("mem", 1024, "guest memory in MiB")
 	cpus := flag.Int("smp", 2, "guest CPUs")
 	flag.Usage = func() {
@@ -50,11 +55,16 @@ func main() {
 		bins = vm.AvailableHostBinaries(vm.DefaultHostBinaries, logf)
 	}
 
+	var gobins []vm.GoBinary
+	if *agent != "" {
+		gobins = append(gobins, vm.GoBinary{Package: *agent, GuestPath: vm.AgentPath})
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
 	res, err := vm.Run(ctx, vm.Config{
-		Package: *pkg, Timeout: *timeout, TestArgs: args, ExtraHostBinaries: bins,
+		Package: *pkg, Timeout: *timeout, TestArgs: args, ExtraHostBinaries: bins, GoBinaries: gobins,
 		MemoryMiB: *mem, CPUs: *cpus, KernelLog: *verbose, Out: os.Stdout,
 		Logf: func(f string, a ...any) { log.Printf(f, a...) },
 	})

@@ -28,6 +28,7 @@ func mainWithArgs(args []string) int {
 		return 2
 	}
 	defer klog.Flush()
+	routeStdlog()
 
 	// SIGTERM and SIGINT stop the agent but leave the dataplane in place:
 	// traffic keeps flowing while the agent is down or being upgraded.

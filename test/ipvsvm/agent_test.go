@@ -172,10 +172,18 @@ func TestVMAgentGracefulDrain(t *testing.T) {
 	if rs := realServers(t, web.key())[netip.AddrPortFrom(used.Addr, 8080)]; rs.ActiveConns != 1 {
 		t.Errorf("draining real server %+v, want 1 active connection", rs)
 	}
+	// The state file is written at the end of the sync that set weight 0,
+	// a moment after the kernel shows it: poll, bounded.
 	stateFile := filepath.Join(a.stateDir, ipvs.StateFileName)
-	drainState, err := os.ReadFile(stateFile)
-	if err != nil || !strings.Contains(string(drainState), netip.AddrPortFrom(used.Addr, 8080).String()) {
-		t.Errorf("state file does not record the drain: %v\n%s", err, drainState)
+	var drainState []byte
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		drainState, err = os.ReadFile(stateFile)
+		if err == nil && strings.Contains(string(drainState), netip.AddrPortFrom(used.Addr, 8080).String()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state file does not record the drain: %v\n%s", err, drainState)
+		}
 	}
 	for i := range 3 {
 		r, err := netnstest.Exchange(conn, "again", 5*time.Second)

@@ -39,6 +39,8 @@ type config struct {
 	conntrackDropInvalid  bool
 	conntrackTCPBeLiberal bool
 
+	dataplane string
+
 	cleanup bool
 }
 
@@ -64,6 +66,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringSliceVar(&clusterCIDRs, "cluster-cidr", nil, "pod CIDRs; cluster-IP traffic from outside them is SNATed")
 	fs.BoolVar(&c.conntrackDropInvalid, "conntrack-drop-invalid", false, "drop forwarded packets conntrack marks INVALID")
 	fs.BoolVar(&c.conntrackTCPBeLiberal, "conntrack-tcp-be-liberal", false, "set nf_conntrack_tcp_be_liberal=1 so out-of-window TCP packets are not marked INVALID")
+	fs.StringVar(&c.dataplane, "dataplane", "auto", "kernel dataplane: auto (IPVS when the kernel has it, else nftables), ipvs or nftables")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
 
 	// klog's flags (-v, --logtostderr, ...) join ours.
@@ -73,6 +76,11 @@ func parseFlags(args []string) (*config, error) {
 
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	switch c.dataplane {
+	case "auto", "ipvs", "nftables":
+	default:
+		return nil, fmt.Errorf("--dataplane %q: must be auto, ipvs or nftables", c.dataplane)
 	}
 	if !dataplane.ValidScheduler(c.ipvsScheduler) {
 		return nil, fmt.Errorf("--ipvs-scheduler %q: must be one of %v", c.ipvsScheduler, dataplane.IPVSSchedulers)

@@ -5,16 +5,68 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/ipvs"
+	"github.com/switchyard/switchyard/nftables"
 )
 
-// newDataplane builds the IPVS dataplane: ipsets and iptables masquerade
-// marking first (the sets must exist before traffic can match them), then
-// IPVS virtual servers and the dummy link.
+// newDataplane builds the dataplane --dataplane asks for (auto: IPVS when
+// the kernel has it, nftables otherwise) and logs the choice and why.
 func newDataplane(cfg *config) (dataplane.Dataplane, error) {
+	choice, reason := chooseDataplane(cfg.dataplane, kernelIPVSProbe{})
+	klog.InfoS("Dataplane chosen", "dataplane", choice, "reason", reason)
+	switch choice {
+	case "ipvs":
+		return newIPVSDataplane(cfg)
+	default:
+		return newNFTables(cfg)
+	}
+}
+
+// newCleanupDataplane returns every dataplane that can be set up on this
+// node, so --cleanup removes what any earlier run left, whichever dataplane
+// it used. Parts that cannot be set up (no IPVS) own nothing to clean.
+func newCleanupDataplane(cfg *config) (dataplane.Dataplane, error) {
+	var parts dataplane.Chain
+	if snat, err := newSNAT(cfg); err == nil {
+		parts = append(parts, snat)
+	} else {
+		klog.InfoS("Skipping iptables cleanup", "reason", err)
+	}
+	if ipvsDP, err := newIPVS(cfg); err == nil {
+		parts = append(parts, ipvsDP)
+	} else {
+		klog.InfoS("Skipping IPVS cleanup", "reason", err)
+	}
+	nft, err := newNFTables(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return append(parts, nft), nil
+}
+
+func newNFTables(cfg *config) (*nftables.Proxier, error) {
+	p, err := nftables.New(nftables.Config{
+		MasqueradeBit:         &cfg.masqueradeBit,
+		MasqueradeAll:         cfg.masqueradeAll,
+		ClusterCIDRs:          cfg.clusterCIDRs,
+		NodePortAddresses:     cfg.nodePortAddresses,
+		ConntrackDropInvalid:  cfg.conntrackDropInvalid,
+		ConntrackTCPBeLiberal: cfg.conntrackTCPBeLiberal,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nftables dataplane: %w", err)
+	}
+	return p, nil
+}
+
+// newIPVSDataplane builds the IPVS dataplane: ipsets and iptables
+// masquerade marking first (the sets must exist before traffic can match
+// them), then IPVS virtual servers and the dummy link.
+func newIPVSDataplane(cfg *config) (dataplane.Dataplane, error) {
 	snat, err := newSNAT(cfg)
 	if err != nil {
 		return nil, err

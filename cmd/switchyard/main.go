@@ -35,18 +35,23 @@ func mainWithArgs(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	dp, err := newDataplane(cfg)
-	if err != nil {
-		klog.ErrorS(err, "Cannot set up the dataplane")
-		return 1
-	}
 	if cfg.cleanup {
+		dp, err := newCleanupDataplane(cfg)
+		if err != nil {
+			klog.ErrorS(err, "Cannot set up the dataplanes to clean up")
+			return 1
+		}
 		if err := dp.Cleanup(ctx); err != nil {
 			klog.ErrorS(err, "Cleanup incomplete")
 			return 1
 		}
 		klog.InfoS("Cleanup done", "dataplane", dp.Name())
 		return 0
+	}
+	dp, err := newDataplane(cfg)
+	if err != nil {
+		klog.ErrorS(err, "Cannot set up the dataplane")
+		return 1
 	}
 	if err := run(ctx, cfg, dp); err != nil && !errors.Is(err, context.Canceled) {
 		klog.ErrorS(err, "Agent stopped")

@@ -1,0 +1,190 @@
+package nftables
+
+import (
+	"net/netip"
+
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Expression builders. Each returns the expressions nft itself generates
+// for the statement in its comment, so `nft list ruleset` shows them the
+// usual way and the renderer (render.go) reads them back.
+//
+// Registers: single values use NFT_REG_1; concatenations use consecutive
+// 32-bit registers from NFT_REG32_00, which is the same storage as
+// NFT_REG_1. Every load zeroes the rest of its last 32-bit register, so a
+// 1-byte protocol or 2-byte port matches a key padded with zeros to 4 bytes.
+const (
+	reg1    = unix.NFT_REG_1
+	reg32_0 = unix.NFT_REG32_00
+)
+
+// Host-order and network-order encodings: meta mark, ct state/status, fib
+// results and numgen values are host order in registers; addresses and
+// ports are network order.
+func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+func be16(v uint16) []byte     { return binaryutil.BigEndian.PutUint16(v) }
+
+func loadAddr(f *family, offset, reg uint32) *expr.Payload {
+	return &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg,
+		Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: f.addrLen}
+}
+
+// loadTHDport loads the destination port of TCP, UDP and SCTP alike (all
+// three keep it at offset 2).
+func loadTHDport(reg uint32) *expr.Payload {
+	return &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg,
+		Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
+}
+
+func loadL4Proto(reg uint32) *expr.Meta { return &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg} }
+
+func cmp(op expr.CmpOp, data []byte) *expr.Cmp { return &expr.Cmp{Op: op, Register: reg1, Data: data} }
+
+// matchAddr: "ip saddr|daddr [!=] a".
+func matchAddr(f *family, offset uint32, op expr.CmpOp, a netip.Addr) []expr.Any {
+	return []expr.Any{loadAddr(f, offset, reg1), cmp(op, a.AsSlice())}
+}
+
+// matchPrefix: "ip saddr|daddr [!=] p".
+func matchPrefix(f *family, offset uint32, op expr.CmpOp, p netip.Prefix) []expr.Any {
+	if p.Bits() == int(f.addrLen*8) {
+		return matchAddr(f, offset, op, p.Addr())
+	}
+	return []expr.Any{
+		loadAddr(f, offset, reg1),
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: f.addrLen,
+			Mask: prefixMask(f, p.Bits()), Xor: make([]byte, f.addrLen)},
+		cmp(op, p.Masked().Addr().AsSlice()),
+	}
+}
+
+// prefixMask is the netmask of a prefix length, network order.
+func prefixMask(f *family, bits int) []byte {
+	b := make([]byte, f.addrLen)
+	for i := 0; i < bits; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	return b
+}
+
+// matchFibDaddrLocal: "fib daddr type local" (the destination is an
+// address of this node, in this network namespace).
+func matchFibDaddrLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: reg1, FlagDADDR: true, ResultADDRTYPE: true},
+		cmp(expr.CmpOpEq, native32(unix.RTN_LOCAL)),
+	}
+}
+
+// matchCt: "ct state|status FLAGS" (any of the bits set).
+func matchCt(key expr.CtKey, bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: key},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(bits), Xor: native32(0)},
+		cmp(expr.CmpOpNeq, native32(0)),
+	}
+}
+
+// Conntrack bits: ct state uses NF_CT_STATE_* bits (the library's
+// CtStateBit*), ct status the IPS_* bits of the conntrack entry.
+const ctStatusDNAT = 1 << 5 // IPS_DST_NAT
+
+// matchMarkClear: "meta mark & BIT == 0".
+func matchMarkClear(bit uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(bit), Xor: native32(0)},
+		cmp(expr.CmpOpEq, native32(0)),
+	}
+}
+
+// setMark: "meta mark set meta mark | BIT" (set) or "& ~BIT" (clear); nft
+// expresses both as (mark & mask) ^ xor.
+func setMark(bit uint32, set bool) []expr.Any {
+	xor := uint32(0)
+	if set {
+		xor = bit
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^bit), Xor: native32(xor)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	}
+}
+
+func matchL4Proto(p uint8) []expr.Any {
+	return []expr.Any{loadL4Proto(reg1), cmp(expr.CmpOpEq, []byte{p})}
+}
+
+// loadDaddrProtoPort: "ip daddr . meta l4proto . th dport".
+func loadDaddrProtoPort(f *family) []expr.Any {
+	slots := (f.addrLen + 3) / 4
+	return []expr.Any{
+		loadAddr(f, f.daddrOffset, reg32_0),
+		loadL4Proto(reg32_0 + slots),
+		loadTHDport(reg32_0 + slots + 1),
+	}
+}
+
+// loadProtoPort: "meta l4proto . th dport".
+func loadProtoPort() []expr.Any {
+	return []expr.Any{loadL4Proto(reg32_0), loadTHDport(reg32_0 + 1)}
+}
+
+// loadSaddrDaddr: "ip saddr . ip daddr".
+func loadSaddrDaddr(f *family) []expr.Any {
+	slots := (f.addrLen + 3) / 4
+	return []expr.Any{loadAddr(f, f.saddrOffset, reg32_0), loadAddr(f, f.daddrOffset, reg32_0+slots)}
+}
+
+// inSet: "KEY @set" for the key loaded from NFT_REG32_00.
+func inSet(set string) *expr.Lookup { return &expr.Lookup{SourceRegister: reg32_0, SetName: set} }
+
+// vmap: "KEY vmap @set".
+func vmap(set string) *expr.Lookup {
+	return &expr.Lookup{SourceRegister: reg32_0, DestRegister: unix.NFT_REG_VERDICT, IsDestRegSet: true, SetName: set}
+}
+
+func jump(chain string) *expr.Verdict          { return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain} }
+func goTo(chain string) *expr.Verdict          { return &expr.Verdict{Kind: expr.VerdictGoto, Chain: chain} }
+func verdict(k expr.VerdictKind) *expr.Verdict { return &expr.Verdict{Kind: k} }
+
+func masquerade() *expr.Masq { return &expr.Masq{FullyRandom: true} }
+
+// ICMP code for "port unreachable" (RFC 792).
+const icmpPortUnreachable = 3
+
+func rejectTCPReset() *expr.Reject { return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST} }
+func rejectICMPPortUnreachable() *expr.Reject {
+	return &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: icmpPortUnreachable}
+}
+
+// dnatNumgenMap: "dnat to numgen random mod N map @anon" where the map
+// yields address . port; nat takes the address from the first register
+// and the port from the one after it.
+func dnatNumgenMap(f *family, n uint32, anon string) []expr.Any {
+	slots := (f.addrLen + 3) / 4
+	return []expr.Any{
+		&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: anon},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg1,
+			RegProtoMin: reg32_0 + slots, Specified: true},
+	}
+}
+
+func concat(parts ...[]expr.Any) []expr.Any {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	out := make([]expr.Any, 0, n)
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func one(e ...expr.Any) []expr.Any { return e }

@@ -1,0 +1,111 @@
+package nftables
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"strconv"
+	"strings"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// tableName is the table switchyard owns in every family it programs.
+// Nothing outside it is ever touched.
+const tableName = "switchyard"
+
+// Fixed chains. Base chains are named type-hook, like kube-proxy's.
+const (
+	chainNatPrerouting  = "nat-prerouting"
+	chainNatOutput      = "nat-output"
+	chainNatPostrouting = "nat-postrouting"
+	chainFilterInput    = "filter-input"
+	chainFilterForward  = "filter-forward"
+	chainFilterOutput   = "filter-output"
+
+	// chainServices dispatches destination address, protocol and port
+	// through the service maps.
+	chainServices = "services"
+	// chainMarkMasq sets the masquerade bit.
+	chainMarkMasq = "mark-for-masquerade"
+	// chainMasqOutsideCluster sets the bit unless the source is in a
+	// cluster CIDR; service chains jump to it for cluster-IP traffic.
+	chainMasqOutsideCluster = "mark-if-outside-cluster"
+	// chainServiceEndpointsCheck and chainNodePortEndpointsCheck send new
+	// connections to Services without endpoints to chainReject.
+	chainServiceEndpointsCheck  = "service-endpoints-check"
+	chainNodePortEndpointsCheck = "nodeport-endpoints-check"
+	chainReject                 = "reject-no-endpoints"
+)
+
+// Named sets and maps.
+const (
+	mapServiceIPs          = "service-ips"
+	mapServiceNodePorts    = "service-nodeports"
+	setNoEndpointServices  = "no-endpoint-services"
+	setNoEndpointNodePorts = "no-endpoint-nodeports"
+	setHairpin             = "hairpin-endpoints"
+)
+
+// servicePortChainPrefix starts every per-Service-port chain; fixed chains
+// never start with it, so a chain with it that no Service wants is stale.
+const servicePortChainPrefix = "svc-"
+
+// servicePortChain names a Service port's chain:
+// "svc-HASH-namespace/name/protocol[/port]". The readable part is for
+// people; the hash (of the whole ServicePortName) keeps names distinct
+// whatever the parts contain. Kubernetes names are at most 63 characters
+// each, so the name stays far below the kernel's 255 (NFT_CHAIN_MAXNAMELEN);
+// "/" is valid in nft identifiers and cannot occur in the parts.
+func servicePortChain(n dataplane.ServicePortName) string {
+	readable := n.Namespace + "/" + n.Name + "/" + strings.ToLower(string(n.Protocol))
+	if n.Port != "" {
+		readable += "/" + n.Port
+	}
+	sum := sha256.Sum256([]byte(n.String()))
+	return servicePortChainPrefix + base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + readable
+}
+
+// anonMapName names the anonymous endpoint map of a service chain's DNAT
+// rule. The library would otherwise send "__map%d" and let the kernel pick
+// the number, which walks every set of the table per allocation (quadratic
+// in a cold load of thousands of Services). The name only has to be unique
+// among live sets: the previous map of a rewritten chain is released in the
+// same transaction, before the new one is created.
+func anonMapName(chain string) string { return "__map-" + chain }
+
+// isAnonymousSetName reports whether a set name is one of the anonymous
+// sets ("__" is reserved for them by nft).
+func isAnonymousSetName(name string) bool { return strings.HasPrefix(name, "__") }
+
+// Protocol numbers as the inet_proto type and meta l4proto know them.
+const (
+	protoTCP  = 6
+	protoUDP  = 17
+	protoSCTP = 132
+)
+
+func protoNumber(p dataplane.Protocol) (uint8, bool) {
+	switch p {
+	case dataplane.TCP:
+		return protoTCP, true
+	case dataplane.UDP:
+		return protoUDP, true
+	case dataplane.SCTP:
+		return protoSCTP, true
+	}
+	return 0, false
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case protoTCP:
+		return "tcp"
+	case protoUDP:
+		return "udp"
+	case protoSCTP:
+		return "sctp"
+	}
+	return "proto-" + strconv.Itoa(int(p))
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }

@@ -1,0 +1,266 @@
+package nftables
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// syncFull reads the table, computes the whole desired state and writes
+// the difference.
+func (p *Proxier) syncFull(logger klog.Logger, st *dataplane.State) (*batch, error) {
+	kt, err := readTable(p.conn, p.fam, true)
+	if err != nil {
+		return nil, fmt.Errorf("full sync: read table: %w", err)
+	}
+	want := buildTableState(logger, p.cfg, p.fam, st)
+	b := newBatch(p.fam)
+	if err := p.planFull(b, kt, want); err != nil {
+		return nil, fmt.Errorf("full sync: %w", err)
+	}
+	if err := b.run(p.conn); err != nil {
+		return nil, fmt.Errorf("full sync: %w", err)
+	}
+	p.applied = want
+	return b, nil
+}
+
+// planFull queues what turns kt into skeleton + want.
+func (p *Proxier) planFull(b *batch, kt *kernelTable, want *tableState) error {
+	f := p.fam
+	specs := setSpecs(f)
+	if !kt.exists {
+		b.addTable()
+	}
+	for _, spec := range specs {
+		ks := kt.sets[spec.name]
+		if ks == nil {
+			b.addSet(spec)
+			continue
+		}
+		if !setMatches(ks, spec) {
+			// Rules refer to the set; replacing it means rewriting them
+			// all. Only a foreign edit (or a future incompatible version)
+			// gets here.
+			return fmt.Errorf("set %s exists with another type or flags; run cleanup to recreate the table", spec.name)
+		}
+	}
+
+	wanted := map[string]bool{}
+	for _, c := range skeletonChains(p.cfg, f) {
+		wanted[c.name] = true
+		planChain(b, kt.chains[c.name], c)
+	}
+	for _, name := range slices.SortedFunc(maps.Keys(want.ports), dataplane.ServicePortName.Compare) {
+		ps := want.ports[name]
+		if ps.chain == "" {
+			continue
+		}
+		wanted[ps.chain] = true
+		planChain(b, kt.chains[ps.chain], chainSpec{name: ps.chain, rules: ps.rules})
+	}
+
+	wantElems := want.elements(specs)
+	for _, spec := range specs {
+		have, wnt := kt.elems[spec.name], wantElems[spec.name]
+		var dels []string
+		var adds []element
+		for k, v := range have {
+			if w, ok := wnt[k]; !ok || w != v {
+				dels = append(dels, k)
+			}
+		}
+		for k, v := range wnt {
+			if h, ok := have[k]; !ok || h != v {
+				adds = append(adds, element{set: spec.name, key: k, chain: strings.TrimPrefix(v, "goto ")})
+			}
+		}
+		slices.Sort(dels)
+		slices.SortFunc(adds, func(a, b element) int { return strings.Compare(a.key, b.key) })
+		b.delElements(spec, dels)
+		b.addElements(spec, adds)
+	}
+
+	for _, name := range slices.Sorted(maps.Keys(kt.chains)) {
+		if !wanted[name] {
+			b.delChain(name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(kt.sets)) {
+		s := kt.sets[name]
+		if !s.Anonymous && !isAnonymousSetName(name) && !slices.ContainsFunc(specs, func(sp setSpec) bool { return sp.name == name }) {
+			b.delSet(name)
+		}
+	}
+	return nil
+}
+
+// planChain queues what makes the kernel's chain kc (nil if missing) into
+// spec: create it, recreate it (a base chain on the wrong hook), or refill
+// it when its rules differ. A matching chain is left alone.
+func planChain(b *batch, kc *kernelChain, spec chainSpec) {
+	switch {
+	case kc == nil:
+		b.addChain(spec)
+		b.writeRules(spec.name, spec.rules, false)
+	case !hookMatches(kc.chain, spec.hook):
+		b.replaceBaseChain(spec)
+		b.writeRules(spec.name, spec.rules, false)
+	case !slices.Equal(kc.rules, ruleTexts(spec.rules)):
+		b.writeRules(spec.name, spec.rules, true)
+	}
+}
+
+func hookMatches(c *nftables.Chain, h *baseHook) bool {
+	if h == nil {
+		return c.Hooknum == nil
+	}
+	return c.Hooknum != nil && *c.Hooknum == h.hook && c.Priority != nil && *c.Priority == h.priority &&
+		c.Type == h.typ && (c.Policy == nil || *c.Policy == nftables.ChainPolicyAccept)
+}
+
+// setMatches compares a set read back with its spec. The library reports a
+// verdict map's data type in KeyType (a decoding quirk of v0.3.0), so maps
+// are compared by flags and key length only.
+func setMatches(s *nftables.Set, spec setSpec) bool {
+	if s.IsMap != spec.isMap || s.Interval || s.Anonymous || s.Constant {
+		return false
+	}
+	if spec.isMap {
+		return true
+	}
+	return s.KeyType.Name == spec.keyType.Name && s.KeyType.Bytes == spec.keyType.Bytes
+}
+
+// syncPartial applies the changed Services on top of the applied state.
+func (p *Proxier) syncPartial(logger klog.Logger, st *dataplane.State, changes dataplane.Changes) (*batch, error) {
+	b := planPartial(logger, p.cfg, p.fam, p.applied, st, changes)
+	if err := b.run(p.conn); err != nil {
+		return nil, fmt.Errorf("partial sync: %w", err)
+	}
+	return b, nil
+}
+
+// planPartial updates ts (the applied state) with the changed Services and
+// returns the writes that make the kernel follow. It reads nothing from the
+// kernel and costs O(size of the changed Services) plus one pass over the
+// State's Service ports to find the changed ones.
+func planPartial(logger klog.Logger, cfg Config, f *family, ts *tableState, st *dataplane.State, changes dataplane.Changes) *batch {
+	// The ports of changed Services, before and after.
+	before := map[dataplane.ServicePortName]*servicePortState{}
+	after := map[dataplane.ServicePortName]*servicePortState{}
+	for svc := range changes.Services {
+		for _, n := range ts.byService[svc] {
+			before[n] = ts.ports[n]
+		}
+	}
+	for name, sp := range st.Services {
+		if !changes.Has(name.ServiceName) {
+			continue
+		}
+		if ps := desiredServicePort(cfg, f, sp, st.Endpoints[name]); ps != nil {
+			after[name] = ps
+		}
+	}
+
+	// Remember the elements the touched keys have now, apply the change
+	// to the state, then compare.
+	affected := map[frontend]bool{}
+	addrs := map[netip.Addr]bool{}
+	for _, m := range []map[dataplane.ServicePortName]*servicePortState{before, after} {
+		for _, ps := range m {
+			for _, fr := range ps.frontends {
+				affected[fr] = true
+			}
+			for _, a := range ps.hairpin {
+				addrs[a] = true
+			}
+		}
+	}
+	oldElems := map[frontend]element{}
+	for fr := range affected {
+		if e, ok := ts.elementFor(fr); ok {
+			oldElems[fr] = e
+		}
+	}
+	oldHairpin := map[netip.Addr]bool{}
+	for a := range addrs {
+		oldHairpin[a] = ts.hairpin[a] > 0
+	}
+
+	for n := range before {
+		ts.remove(n)
+	}
+	for _, n := range slices.SortedFunc(maps.Keys(after), dataplane.ServicePortName.Compare) {
+		ts.add(logger, after[n])
+	}
+
+	b := newBatch(f)
+	for _, n := range slices.SortedFunc(maps.Keys(mergeKeys(before, after)), dataplane.ServicePortName.Compare) {
+		old, nw := before[n], after[n]
+		oldChain, newChain := "", ""
+		if old != nil {
+			oldChain = old.chain
+		}
+		if nw != nil {
+			newChain = nw.chain
+		}
+		switch {
+		case newChain != "" && oldChain == "":
+			b.addChain(chainSpec{name: newChain})
+			b.writeRules(newChain, nw.rules, false)
+		case newChain != "" && !slices.Equal(ruleTexts(old.rules), ruleTexts(nw.rules)):
+			b.writeRules(newChain, nw.rules, true)
+		case newChain == "" && oldChain != "":
+			b.delChain(oldChain)
+		}
+	}
+
+	dels := map[string][]string{}
+	adds := map[string][]element{}
+	for _, fr := range slices.SortedFunc(maps.Keys(affected), compareFrontends) {
+		oldE, hadOld := oldElems[fr]
+		newE, hasNew := ts.elementFor(fr)
+		if hadOld == hasNew && oldE == newE {
+			continue
+		}
+		if hadOld {
+			dels[oldE.set] = append(dels[oldE.set], oldE.key)
+		}
+		if hasNew {
+			adds[newE.set] = append(adds[newE.set], newE)
+		}
+	}
+	for _, a := range slices.SortedFunc(maps.Keys(addrs), netip.Addr.Compare) {
+		k := string(hairpinKey(a))
+		switch now := ts.hairpin[a] > 0; {
+		case oldHairpin[a] && !now:
+			dels[setHairpin] = append(dels[setHairpin], k)
+		case !oldHairpin[a] && now:
+			adds[setHairpin] = append(adds[setHairpin], element{set: setHairpin, key: k})
+		}
+	}
+	for _, spec := range setSpecs(f) {
+		b.delElements(spec, dels[spec.name])
+		b.addElements(spec, adds[spec.name])
+	}
+	return b
+}
+
+func mergeKeys[K comparable, V any](a, b map[K]V) map[K]bool {
+	out := make(map[K]bool, len(a)+len(b))
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
+}

@@ -6,7 +6,7 @@ GO ?= go
 # Minimum number of passing host tests: fewer means tests silently vanished.
 MIN_HOST_TESTS ?= 40
 
-.PHONY: all build deps vet test test-unit test-vm cleanup-stale
+.PHONY: all build deps vet test test-unit test-vm test-demo demo bench-sync
 
 all: build
 
@@ -29,4 +29,19 @@ test-unit: deps vet
 test-vm: deps
 	$(GO) run ./test/vm/cmd/vmtest -pkg ./test/ipvsvm -agent ./cmd/switchyard -timeout 20m $(if $(RUN),-run '$(RUN)') $(if $(V),-v)
 
-test: test-unit test-vm
+# The README's first command: namespaces for a node, a client and backend
+# pods on this machine, the agent on examples/, traffic shown; Ctrl-C ends it.
+demo:
+	bash scripts/demo.sh
+
+# The demo, run once without waiting: proves `make demo` works here.
+test-demo:
+	bash scripts/demo.sh --once
+
+# One endpoint change at 1k and 10k Services: desired-state time and
+# allocations per dataplane, kernel operations (IPVS) and netlink messages
+# (nftables, real kernel in a throwaway namespace) per change.
+bench-sync:
+	$(GO) test -run '^$$' -bench 'Desired|OneEndpointChange' -benchtime 20x ./ipvs/ ./nftables/ 2>&1 | grep -v '^[EIW][0-9]'
+
+test: test-unit test-demo test-vm

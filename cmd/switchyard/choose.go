@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 )
 
 // ipvsProbe tells whether the kernel has IPVS. Tests replace it.
@@ -27,7 +28,9 @@ func (kernelIPVSProbe) Load() error {
 		return fmt.Errorf("no modprobe to load ip_vs: %w", err)
 	}
 	if out, err := exec.Command(path, "ip_vs").CombinedOutput(); err != nil {
-		return fmt.Errorf("modprobe ip_vs: %v: %s", err, out)
+		// modprobe's message is multi-line; keep the log line one line.
+		msg := strings.Join(strings.Fields(string(out)), " ")
+		return fmt.Errorf("modprobe ip_vs: %v: %s", err, msg)
 	}
 	return nil
 }

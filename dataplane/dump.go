@@ -56,6 +56,9 @@ func (s *State) Dump() string {
 			if len(e.ZoneHints) > 0 {
 				fmt.Fprintf(&b, " hints=%s", strings.Join(e.ZoneHints, ","))
 			}
+			if len(e.NodeHints) > 0 {
+				fmt.Fprintf(&b, " nodeHints=%s", strings.Join(e.NodeHints, ","))
+			}
 			b.WriteByte('\n')
 		}
 	}

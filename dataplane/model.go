@@ -150,14 +150,15 @@ type Endpoint struct {
 
 	NodeName  string
 	Zone      string
-	ZoneHints []string
+	ZoneHints []string // sorted; set by the EndpointSlice controller for topology-aware routing
+	NodeHints []string // sorted; PreferSameNode
 }
 
 // Equal reports whether two endpoints are identical.
 func (e Endpoint) Equal(o Endpoint) bool {
 	return e.Addr == o.Addr && e.Ready == o.Ready && e.Serving == o.Serving &&
 		e.Terminating == o.Terminating && e.NodeName == o.NodeName && e.Zone == o.Zone &&
-		slices.Equal(e.ZoneHints, o.ZoneHints)
+		slices.Equal(e.ZoneHints, o.ZoneHints) && slices.Equal(e.NodeHints, o.NodeHints)
 }
 
 // CompareEndpoints orders endpoints by address then port.

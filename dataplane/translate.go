@@ -267,7 +267,11 @@ func EndpointsFromSlices(slicesIn []*discovery.EndpointSlice) (map[ServicePortNa
 					for _, z := range ep.Hints.ForZones {
 						e.ZoneHints = append(e.ZoneHints, z.Name)
 					}
+					for _, n := range ep.Hints.ForNodes {
+						e.NodeHints = append(e.NodeHints, n.Name)
+					}
 					slices.Sort(e.ZoneHints)
+					slices.Sort(e.NodeHints)
 				}
 				m := merged[key]
 				if m == nil {

@@ -276,3 +276,17 @@ func TestClusterEndpointsPolicy(t *testing.T) {
 		}
 	}
 }
+
+func TestTranslateHints(t *testing.T) {
+	tcp := v1.ProtocolTCP
+	sl := slice("demo", "web-1", "web", []discovery.EndpointPort{port("http", 8080, tcp)}, epSpec{ip: "10.244.1.2", zone: "z1"})
+	sl.Endpoints[0].Hints = &discovery.EndpointHints{
+		ForZones: []discovery.ForZone{{Name: "z2"}, {Name: "z1"}},
+		ForNodes: []discovery.ForNode{{Name: "node-a"}},
+	}
+	st, problems := stateOf(t, TranslateOptions{}, []*v1.Service{svc("demo", "web")}, []*discovery.EndpointSlice{sl})
+	want := "demo/web:http/tcp port=80 clusterIPs=[10.96.0.10]\n  10.244.1.2:8080 ready zone=z1 hints=z1,z2 nodeHints=node-a\n"
+	if st.Dump() != want || len(problems) != 0 {
+		t.Fatalf("got\n%s\nwant\n%s\nproblems %v", st.Dump(), want, problems)
+	}
+}

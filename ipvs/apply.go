@@ -94,7 +94,7 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 			cur.Weight, cur.Forward = w, ForwardMasq
 			o.rss[addr] = cur
 		}
-		delete(r.next.Drains, drainKey{k, addr})
+		r.deleteDrain(drainKey{k, addr})
 	}
 	for _, addr := range slices.SortedFunc(maps.Keys(o.rss), netip.AddrPort.Compare) {
 		if _, wanted := d.RealServers[addr]; wanted {
@@ -123,7 +123,7 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 			}
 			klog.V(2).InfoS("Deleted real server", "virtualServer", k, "realServer", addr, "reason", reason, "connections", conns)
 			delete(o.rss, addr)
-			delete(r.next.Drains, dk)
+			r.deleteDrain(dk)
 			continue
 		}
 		if cur.Weight != 0 {
@@ -135,7 +135,7 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 			klog.V(2).InfoS("Draining real server", "virtualServer", k, "realServer", addr, "connections", conns)
 			o.rss[addr] = cur
 		}
-		r.next.Drains[dk] = since
+		r.setDrain(dk, since)
 	}
 	p.dropDrains(r, k, o.rss)
 }
@@ -148,7 +148,7 @@ func (p *Proxier) dropDrains(r *syncRun, k Key, present map[netip.AddrPort]RealS
 			continue
 		}
 		if _, ok := present[dk.RS]; !ok {
-			delete(r.next.Drains, dk)
+			r.deleteDrain(dk)
 		}
 	}
 }

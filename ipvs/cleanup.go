@@ -20,7 +20,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	defer func() {
 		// Whatever happened, the next Sync starts from the kernel.
 		p.synced = false
-		p.svcKeys = nil
+		p.idx = nil
 		p.persist = nil
 		p.setSnapshot(true, nil, map[Key]VirtualServer{})
 	}()

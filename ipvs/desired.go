@@ -65,80 +65,154 @@ func (c Conflict) String() string {
 // masquerading cannot cross families): usable endpoints weigh 1, the others
 // the slices still list weigh 0 so their connections drain.
 func Desired(st *dataplane.State, nodeIPs []netip.Addr, cfg Config) DesiredState {
+	return desired(st, nodeIPs, cfg, nil)
+}
+
+// desired is Desired; when idx is not nil it also records every claim in
+// it (idx must be empty), for later partial syncs.
+func desired(st *dataplane.State, nodeIPs []netip.Addr, cfg Config, idx *desiredIndex) DesiredState {
 	ds := DesiredState{VirtualServers: map[Key]*DesiredVS{}}
 	addrs := map[netip.Addr]bool{}
-	defaultSched := cfg.Scheduler
-	if defaultSched == "" {
-		defaultSched = DefaultScheduler
-	}
+	var fes []frontend
 	for _, name := range st.SortedServicePorts() {
 		sp := st.Services[name]
 		if sp == nil {
+			if idx != nil {
+				idx.recordPort(name, nil)
+			}
 			continue
 		}
-		weighted := dataplane.ClusterEndpoints(st.Endpoints[name])
-		proto := name.Protocol
-		tmpl := DesiredVS{Service: name, Scheduler: defaultSched}
-		if sp.Scheduler != "" {
-			tmpl.Scheduler = sp.Scheduler
-		}
-		if sp.SessionAffinityTimeout > 0 {
-			tmpl.Flags |= FlagPersistent
-			tmpl.Timeout = uint32(min(sp.SessionAffinityTimeout.Seconds(), float64(^uint32(0))))
-			if tmpl.Timeout == 0 {
-				tmpl.Timeout = 1
+		pd := newPortDesired(name, sp, st.Endpoints[name], cfg)
+		fes = appendFrontends(fes[:0], sp, nodeIPs)
+		var claimed []frontend // idx only: fes without repeats
+		for _, fe := range fes {
+			k := fe.key
+			if !fe.nodePort {
+				addrs[k.IP] = true
 			}
-		}
-		claim := func(k Key, nodePort bool) {
+			if idx != nil {
+				if cl := idx.keys[k]; len(cl) == 0 || cl[len(cl)-1].name != name {
+					idx.keys[k] = append(cl, claimant{name: name, nodePort: fe.nodePort})
+					claimed = append(claimed, fe)
+				}
+			}
 			if prev, taken := ds.VirtualServers[k]; taken {
 				if prev.Service != name {
 					ds.Conflicts = append(ds.Conflicts, Conflict{Key: k, Winner: prev.Service, Loser: name})
 				}
-				return
+				continue
 			}
-			d := tmpl
-			d.NodePort = nodePort
-			d.RealServers = map[netip.AddrPort]int{}
-			for _, e := range weighted {
-				if sameFamily(e.Addr.Addr(), k.IP) {
-					d.RealServers[e.Addr] = e.Weight
-				}
-			}
-			ds.VirtualServers[k] = &d
+			ds.VirtualServers[k] = pd.virtualServer(k, fe.nodePort)
 		}
-		families := map[bool]bool{} // is4 → present
-		for _, ip := range sp.ClusterIPs {
-			families[ip.Is4()] = true
-		}
-		for _, group := range [][]netip.Addr{sp.ClusterIPs, sp.ExternalIPs, sp.LoadBalancerIPs} {
-			for _, ip := range group {
-				ip = ip.Unmap()
-				if !families[ip.Is4()] {
-					// Like kube-proxy's per-family proxiers: an ExternalIP
-					// or LB IP of a family the Service does not have
-					// could never reach one of its endpoints.
-					continue
-				}
-				addrs[ip] = true
-				claim(Key{IP: ip, Protocol: proto, Port: sp.Port}, false)
-			}
-		}
-		if sp.NodePort != 0 {
-			for _, ip := range nodeIPs {
-				if families[ip.Is4()] {
-					claim(Key{IP: ip.Unmap(), Protocol: proto, Port: sp.NodePort}, true)
-				}
-			}
+		if idx != nil {
+			idx.recordPort(name, claimed)
 		}
 	}
 	ds.Addresses = slices.SortedFunc(maps.Keys(addrs), netip.Addr.Compare)
-	slices.SortFunc(ds.Conflicts, func(a, b Conflict) int {
+	sortConflicts(ds.Conflicts)
+	if idx != nil {
+		idx.entries = len(st.Services)
+	}
+	return ds
+}
+
+func sortConflicts(cs []Conflict) {
+	slices.SortFunc(cs, func(a, b Conflict) int {
 		if c := a.Key.Compare(b.Key); c != 0 {
 			return c
 		}
 		return a.Loser.Compare(b.Loser)
 	})
-	return ds
+}
+
+// frontend is one key a Service port claims. nodePort marks keys on node
+// IPs (the NodePort).
+type frontend struct {
+	key      Key
+	nodePort bool
+}
+
+// appendFrontends appends the keys sp claims, in claim order: ClusterIPs,
+// ExternalIPs and LB IPs on the Service port, then node IPs on the NodePort.
+// A key may repeat (an ExternalIP that is also a ClusterIP, a node IP that
+// is also an ExternalIP on a NodePort equal to the port); its first claim
+// counts. The non-NodePort keys' addresses are the ones sp wants on the
+// dummy link.
+func appendFrontends(dst []frontend, sp *dataplane.ServicePort, nodeIPs []netip.Addr) []frontend {
+	var has4, has6 bool // families of the ClusterIPs
+	for _, ip := range sp.ClusterIPs {
+		if ip.Is4() {
+			has4 = true
+		} else {
+			has6 = true
+		}
+	}
+	family := func(ip netip.Addr) bool {
+		if ip.Is4() {
+			return has4
+		}
+		return has6
+	}
+	proto := sp.Name.Protocol
+	for _, group := range [...][]netip.Addr{sp.ClusterIPs, sp.ExternalIPs, sp.LoadBalancerIPs} {
+		for _, ip := range group {
+			ip = ip.Unmap()
+			if !family(ip) {
+				// Like kube-proxy's per-family proxiers: an ExternalIP
+				// or LB IP of a family the Service does not have
+				// could never reach one of its endpoints.
+				continue
+			}
+			dst = append(dst, frontend{key: Key{IP: ip, Protocol: proto, Port: sp.Port}})
+		}
+	}
+	if sp.NodePort != 0 {
+		for _, ip := range nodeIPs {
+			if family(ip) {
+				dst = append(dst, frontend{key: Key{IP: ip.Unmap(), Protocol: proto, Port: sp.NodePort}, nodePort: true})
+			}
+		}
+	}
+	return dst
+}
+
+// portDesired builds the DesiredVS of the keys one Service port wins.
+type portDesired struct {
+	tmpl     DesiredVS
+	weighted []dataplane.WeightedEndpoint
+}
+
+func newPortDesired(name dataplane.ServicePortName, sp *dataplane.ServicePort, eps []dataplane.Endpoint, cfg Config) portDesired {
+	pd := portDesired{
+		tmpl:     DesiredVS{Service: name, Scheduler: cfg.Scheduler},
+		weighted: dataplane.ClusterEndpoints(eps),
+	}
+	if pd.tmpl.Scheduler == "" {
+		pd.tmpl.Scheduler = DefaultScheduler
+	}
+	if sp.Scheduler != "" {
+		pd.tmpl.Scheduler = sp.Scheduler
+	}
+	if sp.SessionAffinityTimeout > 0 {
+		pd.tmpl.Flags |= FlagPersistent
+		pd.tmpl.Timeout = uint32(min(sp.SessionAffinityTimeout.Seconds(), float64(^uint32(0))))
+		if pd.tmpl.Timeout == 0 {
+			pd.tmpl.Timeout = 1
+		}
+	}
+	return pd
+}
+
+func (pd *portDesired) virtualServer(k Key, nodePort bool) *DesiredVS {
+	d := pd.tmpl
+	d.NodePort = nodePort
+	d.RealServers = map[netip.AddrPort]int{}
+	for _, e := range pd.weighted {
+		if sameFamily(e.Addr.Addr(), k.IP) {
+			d.RealServers[e.Addr] = e.Weight
+		}
+	}
+	return &d
 }
 
 // ServiceKeys maps each Service to the keys it owns.

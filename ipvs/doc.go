@@ -12,7 +12,10 @@
 //     with kernel-like semantics (not-found and already-exists errors) and a
 //     deterministic Dump.
 //   - Proxier diffs the DesiredState against what the kernel reports and
-//     applies the smallest change. It never flushes.
+//     applies the smallest change. It never flushes. A partial sync (one
+//     that dataplane.Changes limits to some Services) computes and diffs
+//     only the share of the changed Services, from an index of every
+//     Service port's claims it keeps between syncs.
 //
 // # Ownership
 //

@@ -25,14 +25,16 @@ type Proxier struct {
 	syncMu sync.Mutex
 	// persist is the state file's content, loaded on first use.
 	persist *persistentState
+	// persistSaved: the state file holds persist (the last save succeeded).
+	persistSaved bool
 	// synced: the last Sync succeeded, so a partial one may follow.
 	synced     bool
 	sysctlsSet bool
-	// svcKeys maps each Service to the keys it owned after the last sync;
-	// a partial sync reads back only the keys of changed Services.
-	svcKeys map[dataplane.ServiceName][]Key
-	// nodeIPs of the last sync; a change makes the sync full.
-	nodeIPs []netip.Addr
+	// idx records the claims of every Service port as of the last sync
+	// (and the node IPs it was built for): a partial sync computes the
+	// desired state of the changed Services from it and reads back only
+	// their keys. Rebuilt by every full sync.
+	idx *desiredIndex
 	// loggedUnsupported remembers addresses already reported as
 	// unsupported, to log them once.
 	loggedUnsupported map[netip.Addr]bool
@@ -117,6 +119,7 @@ func (p *Proxier) loadState() {
 		klog.ErrorS(err, "Ignoring unreadable IPVS state file; NodePort virtual servers it listed are left alone, drains restart now")
 	}
 	p.persist = s
+	p.persistSaved = false
 }
 
 // scheduleDrainCheck arms one timer that triggers a sync while drains are

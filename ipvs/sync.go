@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -23,26 +24,40 @@ type observedVS struct {
 
 // syncRun holds one sync's inputs and bookkeeping.
 type syncRun struct {
-	full     bool
-	ds       DesiredState
-	own      ownership
+	full bool
+	// ds is the whole desired state on a full sync. On a partial one it
+	// holds only what the sync handles (see partialDesired).
+	ds  DesiredState
+	own ownership
+	// partial is a partial sync's share of the desired state; its scope
+	// includes the virtual servers of draining real servers.
+	partial  partialDesired
 	scope    []Key
 	observed map[Key]*observedVS
 	// skip holds keys not to touch this sync (their read failed, or their
 	// address could not be bound).
 	skip map[Key]bool
-	// next is the persistent state being built; saved at the end.
-	next *persistentState
+	// next is the persistent state being built; saved at the end. It is
+	// p.persist itself until the first change (see edit): change it only
+	// through the syncRun methods below.
+	next     *persistentState
+	nextCopy bool
 	// after is what owned keys in scope look like after the sync.
 	after map[Key]VirtualServer
 	errs  []error
 }
 
-// Sync implements dataplane.Dataplane. A full sync compares every owned
-// virtual server, real server and address with the desired state; a partial
-// one reads back only the virtual servers of changed Services and of real
-// servers still draining. Nothing is ever flushed; errors on one virtual
-// server do not stop the others and are returned joined.
+// Sync implements dataplane.Dataplane. A full sync computes the whole
+// desired state and compares every owned virtual server, real server and
+// address with it. A partial one computes the desired state of the changed
+// Services only (from the index of every Service port's claims kept since
+// the last sync, see desiredIndex), so its cost does not grow with the
+// number of Services: it reads back only the virtual servers the changed
+// Services owned or now own (a key whose conflict winner changes included)
+// and those of real servers still draining, binds the addresses they want
+// and unbinds the ones no Service wants any more. Nothing is ever flushed;
+// errors on one virtual server do not stop the others and are returned
+// joined.
 func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes dataplane.Changes) error {
 	p.syncMu.Lock()
 	defer p.syncMu.Unlock()
@@ -68,7 +83,10 @@ func (p *Proxier) sync(ctx context.Context, st *dataplane.State, changes datapla
 		return fmt.Errorf("list node addresses: %w", err)
 	}
 	nodeIPs := NodePortIPs(hostList, p.cfg.NodePortAddresses)
-	if !full && !slices.Equal(nodeIPs, p.nodeIPs) {
+	if !full && p.idx == nil {
+		full = true
+	}
+	if !full && !slices.Equal(nodeIPs, p.idx.nodeIPs) {
 		klog.V(2).InfoS("Node addresses changed; syncing every Service", "nodePortIPs", nodeIPs)
 		full = true
 	}
@@ -78,19 +96,34 @@ func (p *Proxier) sync(ctx context.Context, st *dataplane.State, changes datapla
 	}
 	r := &syncRun{
 		full: full,
-		ds:   Desired(st, nodeIPs, p.cfg),
-		own:  ownership{link: addrSet(linkList), host: addrSet(hostList)},
+		own:  ownership{host: addrSet(hostList)},
 		skip: map[Key]bool{},
-		next: p.persist.clone(),
+		next: p.persist,
 	}
 	r.own.hostVS = r.next.HostVS
+	if full {
+		p.idx = newDesiredIndex(nodeIPs)
+		r.ds = desired(st, nodeIPs, p.cfg, p.idx)
+		r.own.link = addrSet(linkList)
+	} else {
+		// The desired state of the changed Services only, and of the keys
+		// whose owner they change. Sweep drains: their virtual servers are
+		// read back too.
+		var draining []Key
+		for dk := range r.next.Drains {
+			draining = append(draining, dk.VS)
+		}
+		r.partial = p.idx.update(st, changes.Services, draining, p.cfg)
+		r.ds = r.partial.ds
+		r.own.link = linkSubset(linkList, r.partialAddresses())
+	}
 	p.logConflicts(r.ds, changes, full)
 
 	// Addresses first: a virtual server on a service address is recognized
 	// as switchyard's by its address being on the dummy link.
 	unbound := p.bindAddresses(r)
 
-	if err := p.observe(r, changes); err != nil {
+	if err := p.observe(r); err != nil {
 		return errors.Join(append(r.errs, err)...)
 	}
 	for _, k := range r.scope {
@@ -117,12 +150,16 @@ func (p *Proxier) sync(ctx context.Context, st *dataplane.State, changes datapla
 	p.unbindAddresses(r, linkList)
 	p.finishState(r)
 
-	if err := p.file.save(r.next); err != nil {
-		r.errs = append(r.errs, fmt.Errorf("save state: %w", err))
+	// Unchanged and already on disk: skip encoding it (its size grows with
+	// the NodePort Services).
+	if r.nextCopy || !p.persistSaved {
+		err := p.file.save(r.next)
+		if err != nil {
+			r.errs = append(r.errs, fmt.Errorf("save state: %w", err))
+		}
+		p.persistSaved = err == nil
 	}
 	p.persist = r.next
-	p.svcKeys = r.ds.ServiceKeys()
-	p.nodeIPs = nodeIPs
 	p.setSnapshot(full, r.scope, r.after)
 	return errors.Join(r.errs...)
 }
@@ -156,10 +193,10 @@ func (p *Proxier) bindAddresses(r *syncRun) map[netip.Addr]bool {
 }
 
 // observe decides which keys this sync looks at and reads them.
-func (p *Proxier) observe(r *syncRun, changes dataplane.Changes) error {
+func (p *Proxier) observe(r *syncRun) error {
 	r.observed = map[Key]*observedVS{}
-	scope := map[Key]bool{}
 	if r.full {
+		scope := map[Key]bool{}
 		vss, err := p.handle.ListVirtualServers()
 		if err != nil {
 			return fmt.Errorf("list virtual servers: %w", err)
@@ -173,22 +210,10 @@ func (p *Proxier) observe(r *syncRun, changes dataplane.Changes) error {
 		for k := range r.ds.VirtualServers {
 			scope[k] = true
 		}
+		r.scope = slices.SortedFunc(maps.Keys(scope), Key.Compare)
 	} else {
-		for svc := range changes.Services {
-			for _, k := range p.svcKeys[svc] {
-				scope[k] = true
-			}
-		}
-		for k, d := range r.ds.VirtualServers {
-			if changes.Has(d.Service.ServiceName) {
-				scope[k] = true
-			}
-		}
-		// Sweep drains: their virtual servers are read back too.
-		for dk := range r.next.Drains {
-			scope[dk.VS] = true
-		}
-		for k := range scope {
+		r.scope = slices.SortedFunc(maps.Keys(r.partial.scope), Key.Compare)
+		for _, k := range r.scope {
 			vs, err := p.handle.GetVirtualServer(k)
 			switch {
 			case err == nil:
@@ -200,7 +225,6 @@ func (p *Proxier) observe(r *syncRun, changes dataplane.Changes) error {
 			}
 		}
 	}
-	r.scope = slices.SortedFunc(maps.Keys(scope), Key.Compare)
 	for _, k := range r.scope {
 		o := r.observed[k]
 		if o == nil || !o.owned || r.skip[k] {
@@ -236,16 +260,17 @@ func (p *Proxier) registerHostVS(r *syncRun) {
 		if r.observed[k] != nil {
 			continue // exists and is not ours (else it would be listed)
 		}
-		r.next.HostVS[k] = true
+		r.setHostVS(k)
 		added = append(added, k)
 	}
 	if len(added) == 0 {
 		return
 	}
+	p.persistSaved = false // the file is ahead of p.persist until the sync ends
 	if err := p.file.save(r.next); err != nil {
 		r.errs = append(r.errs, fmt.Errorf("record node-address virtual servers before creating them: %w", err))
 		for _, k := range added {
-			delete(r.next.HostVS, k)
+			r.deleteHostVS(k)
 			r.skip[k] = true
 		}
 	}
@@ -253,17 +278,23 @@ func (p *Proxier) registerHostVS(r *syncRun) {
 
 // unbindAddresses removes addresses no Service wants, unless a virtual
 // server switchyard still owns through that address remains (its deletion
-// failed): removing the address would orphan it.
+// failed): removing the address would orphan it. A full sync looks at every
+// address on the dummy link, a partial one at those the changed Services
+// no longer want.
 func (p *Proxier) unbindAddresses(r *syncRun, linkList []netip.Addr) {
-	wanted := addrSet(r.ds.Addresses)
 	inUse := map[netip.Addr]bool{}
 	for k := range r.after {
 		if r.own.dependsOnLink(k) {
 			inUse[k.IP] = true
 		}
 	}
-	for _, a := range linkList {
-		if wanted[a] || inUse[a] {
+	candidates := r.partial.unwanted
+	if r.full {
+		wanted := addrSet(r.ds.Addresses)
+		candidates = slices.DeleteFunc(slices.Clone(linkList), func(a netip.Addr) bool { return wanted[a] })
+	}
+	for _, a := range candidates {
+		if inUse[a] || !r.full && !r.own.link[a] {
 			continue
 		}
 		if err := p.links.DeleteAddress(a); err != nil && !IsNotFound(err) {
@@ -275,26 +306,114 @@ func (p *Proxier) unbindAddresses(r *syncRun, linkList []netip.Addr) {
 // finishState updates the node-address virtual servers and drains after
 // applying. Entries outside the scope of a partial sync are kept.
 func (p *Proxier) finishState(r *syncRun) {
-	inScope := func(k Key) bool { _, ok := slices.BinarySearchFunc(r.scope, k, Key.Compare); return ok }
-	for k := range r.next.HostVS {
-		if !inScope(k) {
-			if r.full {
-				delete(r.next.HostVS, k) // neither wanted nor in the kernel
-			}
-			continue
-		}
-		// Keep wanted keys whose creation failed: the retry creates them.
+	// Keep wanted keys whose creation failed: the retry creates them.
+	gone := func(k Key) bool {
 		_, exists := r.after[k]
 		_, wanted := r.ds.VirtualServers[k]
-		if !exists && !wanted {
-			delete(r.next.HostVS, k)
+		return !exists && !wanted
+	}
+	if !r.full {
+		for _, k := range r.scope {
+			if gone(k) {
+				r.deleteHostVS(k)
+			}
+		}
+		return
+	}
+	inScope := func(k Key) bool { _, ok := slices.BinarySearchFunc(r.scope, k, Key.Compare); return ok }
+	for k := range r.next.HostVS {
+		// Out of scope: neither wanted nor in the kernel.
+		if !inScope(k) || gone(k) {
+			r.deleteHostVS(k)
 		}
 	}
 	for dk := range r.next.Drains {
-		if !inScope(dk.VS) && r.full {
-			delete(r.next.Drains, dk)
+		if !inScope(dk.VS) {
+			r.deleteDrain(dk)
 		}
 	}
+}
+
+// edit returns r.next, copied from p.persist first if it is still shared,
+// so that a sync that changes nothing copies nothing.
+func (r *syncRun) edit() *persistentState {
+	if !r.nextCopy {
+		r.next = r.next.clone()
+		r.own.hostVS = r.next.HostVS
+		r.nextCopy = true
+	}
+	return r.next
+}
+
+func (r *syncRun) setHostVS(k Key) {
+	if !r.next.HostVS[k] {
+		r.edit().HostVS[k] = true
+	}
+}
+
+func (r *syncRun) deleteHostVS(k Key) {
+	if r.next.HostVS[k] {
+		delete(r.edit().HostVS, k)
+	}
+}
+
+func (r *syncRun) setDrain(dk drainKey, since time.Time) {
+	if cur, ok := r.next.Drains[dk]; !ok || !cur.Equal(since) {
+		r.edit().Drains[dk] = since
+	}
+}
+
+func (r *syncRun) deleteDrain(dk drainKey) {
+	if _, ok := r.next.Drains[dk]; ok {
+		delete(r.edit().Drains, dk)
+	}
+}
+
+// partialAddresses lists the addresses whose presence on the dummy link a
+// partial sync needs to know: those of its keys, those it binds and those
+// it may unbind.
+func (r *syncRun) partialAddresses() map[netip.Addr]bool {
+	m := make(map[netip.Addr]bool, len(r.partial.scope)+len(r.ds.Addresses)+len(r.partial.unwanted))
+	for k := range r.partial.scope {
+		m[k.IP] = true
+	}
+	for _, a := range r.ds.Addresses {
+		m[a] = true
+	}
+	for _, a := range r.partial.unwanted {
+		m[a] = true
+	}
+	return m
+}
+
+// linkSubset is addrSet(list) limited to the addresses in of, without
+// building a set of the whole list; it stops once it found them all.
+func linkSubset(list []netip.Addr, of map[netip.Addr]bool) map[netip.Addr]bool {
+	m := make(map[netip.Addr]bool, len(of))
+	if len(of) > 8 {
+		for _, a := range list {
+			if a = a.Unmap(); of[a] {
+				if m[a] = true; len(m) == len(of) {
+					break
+				}
+			}
+		}
+		return m
+	}
+	few := slices.Collect(maps.Keys(of)) // comparing beats hashing
+	for _, a := range list {
+		a = a.Unmap()
+		for _, f := range few {
+			if a == f {
+				m[a] = true
+				break
+			}
+		}
+		if len(m) == len(few) {
+			break
+		}
+	}
+	return m
 }
 
 func (p *Proxier) logConflicts(ds DesiredState, changes dataplane.Changes, full bool) {

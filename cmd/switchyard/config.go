@@ -41,6 +41,15 @@ type config struct {
 
 	dataplane string
 
+	// Reserved: validated and stored, no server listens on them yet.
+	healthzBindAddress string
+	metricsBindAddress string
+
+	// configFile is --config: a KubeProxyConfiguration and/or a
+	// SwitchyardConfiguration (configfile.go); flags given on the command
+	// line override it.
+	configFile string
+
 	cleanup bool
 }
 
@@ -67,6 +76,9 @@ func parseFlags(args []string) (*config, error) {
 	fs.BoolVar(&c.conntrackDropInvalid, "conntrack-drop-invalid", false, "drop forwarded packets conntrack marks INVALID")
 	fs.BoolVar(&c.conntrackTCPBeLiberal, "conntrack-tcp-be-liberal", false, "set nf_conntrack_tcp_be_liberal=1 so out-of-window TCP packets are not marked INVALID")
 	fs.StringVar(&c.dataplane, "dataplane", "auto", "kernel dataplane: auto (IPVS when the kernel has it, else nftables), ipvs or nftables")
+	fs.StringVar(&c.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "IP:port for the health check server (reserved: not served yet)")
+	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port for the metrics server (reserved: not served yet)")
+	fs.StringVar(&c.configFile, "config", "", "configuration file: a kube-proxy KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and/or a SwitchyardConfiguration (switchyard.io/v1alpha1); flags given on the command line override it")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
 
 	// klog's flags (-v, --logtostderr, ...) join ours.
@@ -97,6 +109,18 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.clusterCIDRs, err = parsePrefixes("--cluster-cidr", clusterCIDRs); err != nil {
 		return nil, err
+	}
+	for name, v := range map[string]*string{"--healthz-bind-address": &c.healthzBindAddress, "--metrics-bind-address": &c.metricsBindAddress} {
+		if *v != "" {
+			if err := validateHostPort(*v); err != nil {
+				return nil, fmt.Errorf("%s %q: %v", name, *v, err)
+			}
+		}
+	}
+	if c.configFile != "" {
+		if err := applyConfigFile(fs, c, c.configFile); err != nil {
+			return nil, err
+		}
 	}
 	if c.hostnameOverride == "" {
 		h, err := os.Hostname()

@@ -106,24 +106,23 @@ func (b *batch) writeRules(chain string, rules []rule, flush bool) {
 		b.queue(phaseRules, 1, func(c Conn) error { c.FlushChain(ch); return nil })
 	}
 	for _, r := range rules {
-		exprs := r.exprs
-		if r.anon != nil {
+		exprs := append([]expr.Any(nil), r.exprs...)
+		for _, am := range r.anons {
 			// Size: the library declares a constant set's size as the
 			// number of elements given to AddSet (the first chunk); the
 			// kernel then refuses more (ENFILE). A second size attribute,
 			// which the kernel reads last, declares them all.
-			anon := &nftables.Set{Table: b.table, Name: r.anon.name, ID: b.nextSetID(), Anonymous: true, Constant: true,
-				IsMap: true, KeyType: r.anon.keyType, DataType: r.anon.dataType, Size: uint32(len(r.anon.elems))}
-			chunks := chunkElements(r.anon.elems)
+			anon := &nftables.Set{Table: b.table, Name: am.name, ID: b.nextSetID(), Anonymous: true, Constant: true,
+				IsMap: am.isMap, KeyType: am.keyType, DataType: am.dataType, Size: uint32(len(am.elems))}
+			chunks := chunkElements(am.elems)
 			// The rule's own copy of the lookup, with this transaction's
 			// set ID; the desired state stays untouched.
-			lookup := *exprs[r.anonIdx].(*expr.Lookup)
+			lookup := *exprs[am.idx].(*expr.Lookup)
 			lookup.SetID = anon.ID
-			exprs = append([]expr.Any(nil), exprs...)
-			exprs[r.anonIdx] = &lookup
+			exprs[am.idx] = &lookup
 			b.queue(phaseRules, 1+len(chunks), func(c Conn) error {
 				if err := c.AddSet(anon, chunks[0]); err != nil {
-					return fmt.Errorf("add anonymous map of %s: %w", chain, err)
+					return fmt.Errorf("add anonymous set of %s: %w", chain, err)
 				}
 				// Elements beyond one message's worth go in more messages,
 				// before the rule binds (and freezes) the map. The library
@@ -133,7 +132,7 @@ func (b *batch) writeRules(chain string, rules []rule, flush bool) {
 				more.Anonymous = false
 				for _, ch := range chunks[1:] {
 					if err := c.SetAddElements(&more, ch); err != nil {
-						return fmt.Errorf("add anonymous map elements of %s: %w", chain, err)
+						return fmt.Errorf("add anonymous set elements of %s: %w", chain, err)
 					}
 				}
 				return nil

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -49,12 +50,29 @@ func hairpinKey(a netip.Addr) []byte { return append(a.AsSlice(), a.AsSlice()...
 type servicePortState struct {
 	name      dataplane.ServicePortName
 	frontends []frontend
-	// chain is "" when the port has no endpoint to send new connections
-	// to: its frontends then go to the no-endpoint sets and it has no
-	// chain.
-	chain   string
-	rules   []rule
+	// chains are the port's chains, sorted by name: the cluster-policy
+	// chain (svc-), the Local-policy chain (local-), the external
+	// dispatch of externalTrafficPolicy Local (ext-) and the firewall of
+	// loadBalancerSourceRanges (fw-), each only when needed. A port
+	// without endpoints has none but maybe a firewall: its frontends go
+	// to the no-endpoint sets.
+	chains []chainSpec
+	// elems are the set and map elements of each frontend.
+	elems map[frontend][]element
+	// sets are the session affinity maps of the chains.
+	sets    []setSpec
 	hairpin []netip.Addr // endpoints that may be DNATed to
+}
+
+// chainRules returns the rules of the port's chain name, and whether the
+// port has that chain.
+func (ps *servicePortState) chain(name string) (chainSpec, bool) {
+	for _, c := range ps.chains {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return chainSpec{}, false
 }
 
 // nodePortsEnabled: with NodePortAddresses set, only families with a prefix
@@ -63,37 +81,52 @@ func nodePortsEnabled(cfg Config, f *family) bool {
 	return len(cfg.NodePortAddresses) == 0 || len(f.prefixes(cfg.NodePortAddresses)) > 0
 }
 
-// desiredServicePort computes one Service port's objects for family f. It
-// returns nil when the port has nothing in this family (or an unsupported
-// protocol).
-func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []dataplane.Endpoint) *servicePortState {
+// desiredServicePort computes one Service port's objects for family f on
+// node nodeName in zone. It returns nil when the port has nothing in this
+// family (or an unsupported protocol).
+//
+// The semantics are kube-proxy's (pkg/proxy/nftables): endpoints come from
+// dataplane.CategorizeEndpoints; cluster-IP traffic goes to the Local
+// endpoints with internalTrafficPolicy Local, else to the Cluster ones;
+// external traffic (external and load balancer IPs, NodePorts) with
+// externalTrafficPolicy Local goes through an ext- chain that sends the
+// node's own traffic (masqueraded) and pods' traffic (from the cluster
+// CIDRs) to the Cluster endpoints — the "short circuit" — and the rest,
+// unmasqueraded, to the Local ones. Traffic whose policy leaves no
+// endpoint while the Service has some elsewhere is dropped; a Service
+// without endpoints at all is rejected.
+func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []dataplane.Endpoint, nodeName, zone string) *servicePortState {
 	proto, ok := protoNumber(sp.Name.Protocol)
 	if !ok {
 		return nil
 	}
-	ps := &servicePortState{name: sp.Name}
+	ps := &servicePortState{name: sp.Name, elems: map[frontend][]element{}}
 	var clusterIP netip.Addr
+	var internal, external, lbs []frontend
 	for _, a := range sp.ClusterIPs {
 		if a, ok := f.addr(a); ok {
 			if !clusterIP.IsValid() {
 				clusterIP = a
 			}
-			ps.frontends = append(ps.frontends, frontend{addr: a, proto: proto, port: sp.Port})
+			internal = append(internal, frontend{addr: a, proto: proto, port: sp.Port})
 		}
 	}
-	external := false
-	for _, group := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
-		for _, a := range group {
-			if a, ok := f.addr(a); ok {
-				external = true
-				ps.frontends = append(ps.frontends, frontend{addr: a, proto: proto, port: sp.Port})
-			}
+	for _, a := range sp.ExternalIPs {
+		if a, ok := f.addr(a); ok {
+			external = append(external, frontend{addr: a, proto: proto, port: sp.Port})
+		}
+	}
+	for _, a := range sp.LoadBalancerIPs {
+		if a, ok := f.addr(a); ok {
+			fr := frontend{addr: a, proto: proto, port: sp.Port}
+			external = append(external, fr)
+			lbs = append(lbs, fr)
 		}
 	}
 	if sp.NodePort != 0 && nodePortsEnabled(cfg, f) {
-		external = true
-		ps.frontends = append(ps.frontends, frontend{proto: proto, port: sp.NodePort})
+		external = append(external, frontend{proto: proto, port: sp.NodePort})
 	}
+	ps.frontends = append(append(ps.frontends, internal...), external...)
 	if len(ps.frontends) == 0 {
 		return nil
 	}
@@ -106,32 +139,168 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 			familyEps = append(familyEps, e)
 		}
 	}
-	var usable []dataplane.WeightedEndpoint
-	for _, e := range dataplane.ClusterEndpoints(familyEps) {
-		if e.Weight > 0 {
-			usable = append(usable, e)
+	sets := dataplane.CategorizeEndpoints(sp, familyEps, nodeName, zone)
+
+	clusterName, localName, extName := servicePortChain(sp.Name), localChain(sp.Name), externalChain(sp.Name)
+	hasCluster := len(sets.Cluster) > 0 && sp.UsesClusterEndpoints()
+	// The Local-policy chain only when some frontend of this family leads
+	// to it (UsesLocalEndpoints looks at every family).
+	hasLocal := len(sets.Local) > 0 && (sp.InternalPolicyLocal && len(internal) > 0 || sp.ExternalPolicyLocal && len(external) > 0)
+	if hasCluster {
+		// External traffic reaches this chain directly (and is
+		// masqueraded) only with externalTrafficPolicy Cluster; with
+		// Local only the short-circuited traffic of the node (already
+		// marked) and of pods does.
+		masq := masqueradeRules(cfg, f, clusterIP, len(external) > 0 && !sp.ExternalPolicyLocal)
+		ps.addEndpointChain(f, sp, clusterName, masq, sets.Cluster)
+	}
+	if hasLocal {
+		var masq []rule
+		if sp.InternalPolicyLocal {
+			masq = masqueradeRules(cfg, f, clusterIP, false)
+		} else if cfg.MasqueradeAll {
+			masq = masqueradeRules(cfg, f, netip.Addr{}, false)
+		}
+		ps.addEndpointChain(f, sp, localName, masq, sets.Local)
+	}
+
+	// Where each kind of traffic goes: a chain, or (none) a drop when the
+	// Service has endpoints elsewhere, a reject when it has none.
+	internalTarget, externalTarget := "", ""
+	switch {
+	case sp.InternalPolicyLocal && hasLocal:
+		internalTarget = localName
+	case !sp.InternalPolicyLocal && hasCluster:
+		internalTarget = clusterName
+	}
+	hasExternalEps := false
+	switch {
+	case len(external) == 0:
+	case sp.ExternalPolicyLocal && hasCluster:
+		// The ext- chain exists whenever there are endpoints: the node's
+		// and pods' own traffic uses the Cluster ones even without a
+		// local endpoint.
+		hasExternalEps = hasLocal
+		externalTarget = extName
+		ps.chains = append(ps.chains, chainSpec{name: extName, rules: externalLocalRules(cfg, f, clusterName, localName, hasLocal)})
+	case !sp.ExternalPolicyLocal && hasCluster:
+		hasExternalEps = true
+		externalTarget = clusterName
+	}
+	noEndpointSet := func(fr frontend) element {
+		switch {
+		case sets.HasAny && fr.isNodePort():
+			return element{set: setNoLocalEndpointNodePorts, key: string(fr.key())}
+		case sets.HasAny:
+			return element{set: setNoLocalEndpointServices, key: string(fr.key())}
+		case fr.isNodePort():
+			return element{set: setNoEndpointNodePorts, key: string(fr.key())}
+		}
+		return element{set: setNoEndpointServices, key: string(fr.key())}
+	}
+	serviceElem := func(fr frontend, chain string) element {
+		if fr.isNodePort() {
+			return element{set: mapServiceNodePorts, key: string(fr.key()), chain: chain}
+		}
+		return element{set: mapServiceIPs, key: string(fr.key()), chain: chain}
+	}
+	for _, fr := range internal {
+		if internalTarget != "" {
+			ps.elems[fr] = append(ps.elems[fr], serviceElem(fr, internalTarget))
+		} else {
+			ps.elems[fr] = append(ps.elems[fr], noEndpointSet(fr))
 		}
 	}
-	if len(usable) == 0 {
-		return ps
+	for _, fr := range external {
+		if externalTarget != "" {
+			ps.elems[fr] = append(ps.elems[fr], serviceElem(fr, externalTarget))
+		}
+		if !hasExternalEps {
+			ps.elems[fr] = append(ps.elems[fr], noEndpointSet(fr))
+		}
 	}
-	ps.chain = servicePortChain(sp.Name)
-	ps.rules = append(masqueradeRules(cfg, f, clusterIP, external), dnatRule(f, ps.chain, usable))
-	for _, e := range usable {
-		a, _ := f.addr(e.Addr.Addr())
-		ps.hairpin = append(ps.hairpin, a)
+
+	// loadBalancerSourceRanges: kube-proxy's firewall, whether or not
+	// there are endpoints.
+	if ranges := f.prefixes(sp.LoadBalancerSourceRanges); len(lbs) > 0 && len(ranges) > 0 {
+		fw := firewallChain(sp.Name)
+		ps.chains = append(ps.chains, chainSpec{name: fw, rules: firewallRules(f, ranges)})
+		for _, fr := range lbs {
+			ps.elems[fr] = append(ps.elems[fr], element{set: mapFirewallIPs, key: string(fr.key()), chain: fw})
+		}
+	}
+	for fr := range ps.elems {
+		slices.SortFunc(ps.elems[fr], compareElements)
+		ps.elems[fr] = slices.Compact(ps.elems[fr])
+	}
+	sortChains(ps.chains)
+
+	for _, e := range sets.AllReachable {
+		if a, ok := f.addr(e.Addr.Addr()); ok {
+			ps.hairpin = append(ps.hairpin, a)
+		}
 	}
 	slices.SortFunc(ps.hairpin, netip.Addr.Compare)
 	ps.hairpin = slices.Compact(ps.hairpin)
 	return ps
 }
 
+// addEndpointChain adds a chain choosing among eps: the masquerade rules,
+// then with session affinity the client's previous endpoint, then a random
+// one.
+func (ps *servicePortState) addEndpointChain(f *family, sp *dataplane.ServicePort, chain string, masq []rule, eps []dataplane.Endpoint) {
+	weighted := make([]dataplane.WeightedEndpoint, len(eps))
+	for i, e := range eps {
+		weighted[i] = dataplane.WeightedEndpoint{Endpoint: e, Weight: 1}
+	}
+	rules := append([]rule(nil), masq...)
+	if sp.SessionAffinityTimeout > 0 {
+		spec := affinitySpec(f, chain)
+		ps.sets = append(ps.sets, spec)
+		rules = append(rules, affinityRules(f, chain, spec.name, sp.SessionAffinityTimeout, weighted)...)
+	} else {
+		rules = append(rules, dnatRule(f, chain, weighted))
+	}
+	ps.chains = append(ps.chains, chainSpec{name: chain, rules: rules})
+}
+
+// externalLocalRules is the ext- chain of externalTrafficPolicy Local
+// (kube-proxy's external chain): pods' traffic short-circuits to the
+// Cluster endpoints unmasqueraded, the node's own traffic is masqueraded
+// (its source is the node's address) and short-circuits too, the rest
+// goes to the Local endpoints keeping the client's address — or, with none
+// here, falls through untranslated to the drop of the filter chains.
+func externalLocalRules(cfg Config, f *family, clusterChain, localChain string, hasLocal bool) []rule {
+	var rules []rule
+	for _, p := range f.prefixes(cfg.ClusterCIDRs) {
+		rules = append(rules, newRule(f, "short-circuit pod traffic", matchPrefix(f, f.saddrOffset, expr.CmpOpEq, p), one(goTo(clusterChain))))
+	}
+	rules = append(rules,
+		newRule(f, "masquerade local traffic", matchFibSaddrLocal(), one(jump(chainMarkMasq))),
+		newRule(f, "short-circuit local traffic", matchFibSaddrLocal(), one(goTo(clusterChain))))
+	if hasLocal {
+		rules = append(rules, newRule(f, "", one(goTo(localChain))))
+	}
+	return rules
+}
+
+// firewallRules: sources inside loadBalancerSourceRanges pass, and so does
+// the node's own traffic; the rest is dropped.
+func firewallRules(f *family, ranges []netip.Prefix) []rule {
+	var rules []rule
+	for _, p := range ranges {
+		rules = append(rules, newRule(f, "", matchPrefix(f, f.saddrOffset, expr.CmpOpEq, p), one(verdict(expr.VerdictReturn))))
+	}
+	return append(rules,
+		newRule(f, "", matchFibSaddrLocal(), one(verdict(expr.VerdictReturn))),
+		newRule(f, "", one(verdict(expr.VerdictDrop))))
+}
+
 // masqueradeRules mark the traffic the IPVS dataplane's policy masquerades:
 // everything with MasqueradeAll; otherwise external, load balancer and
 // NodePort traffic (anything not addressed to the cluster IP, since only
-// the port's own frontends lead to its chain), and cluster-IP traffic from
-// outside the cluster CIDRs. externalTrafficPolicy Local is not honoured
-// yet: its traffic is masqueraded like Cluster's.
+// the port's own frontends lead to its chain) when external is set, and
+// cluster-IP traffic from outside the cluster CIDRs.
 func masqueradeRules(cfg Config, f *family, clusterIP netip.Addr, external bool) []rule {
 	if cfg.MasqueradeAll {
 		return []rule{newRule(f, "", one(jump(chainMarkMasq)))}
@@ -161,29 +330,70 @@ func masqueradeRules(cfg Config, f *family, clusterIP netip.Addr, external bool)
 // its rule exists. The rule's comment therefore carries a digest of the
 // elements: a rule whose digest matches has the wanted endpoints.
 func dnatRule(f *family, chain string, eps []dataplane.WeightedEndpoint) rule {
+	anon, slots, comment := endpointMap(f, anonMapName(chain), eps)
+	anon.idx = 1 // the lookup, see dnatNumgenMap
+	r := newRule(f, comment, dnatNumgenMap(f, slots, anon.name))
+	r.anons = []*anonMap{anon}
+	return r
+}
+
+// endpointMap builds the numgen map { slot : address . port } of eps and
+// the comment carrying its digest.
+func endpointMap(f *family, name string, eps []dataplane.WeightedEndpoint) (*anonMap, uint32, string) {
 	anon := &anonMap{
-		name:     anonMapName(chain),
+		name:     name,
 		keyType:  nftables.TypeInteger,
 		dataType: nftables.MustConcatSetType(f.addrType, nftables.TypeInetService),
+		isMap:    true,
 	}
 	var text strings.Builder
 	slot := uint32(0)
 	for _, e := range eps {
-		addr, _ := f.addr(e.Addr.Addr())
-		val := append(addr.AsSlice(), be16(e.Addr.Port())...)
-		val = append(val, 0, 0)
 		for range e.Weight {
-			anon.elems = append(anon.elems, nftables.SetElement{Key: native32(slot), Val: val})
+			anon.elems = append(anon.elems, nftables.SetElement{Key: native32(slot), Val: endpointValue(f, e.Addr)})
 			text.WriteString(itoa(int(slot)) + ":" + e.Addr.String() + " ")
 			slot++
 		}
 	}
 	sum := sha256.Sum256([]byte(text.String()))
-	comment := "endpoints " + itoa(len(eps)) + " digest " + hex.EncodeToString(sum[:6])
-	r := newRule(f, comment, dnatNumgenMap(f, slot, anon.name))
-	r.anon = anon
-	r.anonIdx = 1 // the lookup, see dnatNumgenMap
-	return r
+	return anon, slot, "endpoints " + itoa(len(eps)) + " digest " + hex.EncodeToString(sum[:6])
+}
+
+// endpointValue is "address . port" as a concatenation (port padded).
+func endpointValue(f *family, ap netip.AddrPort) []byte {
+	addr, _ := f.addr(ap.Addr())
+	val := append(addr.AsSlice(), be16(ap.Port())...)
+	return append(val, 0, 0)
+}
+
+// affinityRules implement sessionAffinity ClientIP (kube-proxy keeps a set
+// of clients per endpoint; here one map per chain, client -> endpoint):
+// a client with a live entry whose endpoint is still in the chain goes
+// there (refreshing the entry's timeout); any other gets a random
+// endpoint, recorded with the timeout. Both rules carry the endpoints'
+// digest, like dnatRule.
+func affinityRules(f *family, chain, set string, timeout time.Duration, eps []dataplane.WeightedEndpoint) []rule {
+	anon, slots, comment := endpointMap(f, anonMapName(chain), eps)
+	anon.idx = affinityPickAnonIdx
+	valid := &anonMap{name: anonSetName(chain), keyType: anon.dataType, idx: affinityHitAnonIdx}
+	for _, e := range eps {
+		valid.elems = append(valid.elems, nftables.SetElement{Key: endpointValue(f, e.Addr)})
+	}
+	hit := newRule(f, comment, affinityHit(f, set, valid.name, timeout))
+	hit.anons = []*anonMap{valid}
+	pick := newRule(f, comment, affinityPick(f, slots, anon.name, set, timeout))
+	pick.anons = []*anonMap{anon}
+	return []rule{hit, pick}
+}
+
+func compareElements(a, b element) int {
+	if c := strings.Compare(a.set, b.set); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.key, b.key); c != 0 {
+		return c
+	}
+	return strings.Compare(a.chain, b.chain)
 }
 
 func compareFrontends(a, b frontend) int {

@@ -1,8 +1,10 @@
 package nftables
 
 import (
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 
@@ -63,11 +65,11 @@ func TestDesiredServicePortRules(t *testing.T) {
 			}
 			st := newState(tc.svc)
 			n := tc.svc.portName()
-			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n])
-			if ps == nil || ps.chain == "" {
+			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], st.NodeName, st.NodeZone)
+			if ps == nil || len(ps.chains) == 0 {
 				t.Fatalf("no chain for %v", n)
 			}
-			got := strings.Join(ruleTexts(ps.rules), "\n")
+			got := strings.Join(ruleTexts(ps.chains[0].rules), "\n")
 			if want := strings.TrimSpace(dedent(tc.want)); got != want {
 				t.Errorf("rules:\n%s\nwant:\n%s", got, want)
 			}
@@ -82,8 +84,8 @@ func TestDesiredWeights(t *testing.T) {
 		{Endpoint: dataplane.Endpoint{Addr: addrPort("10.0.0.2:80")}, Weight: 3},
 	})
 	var got []string
-	for _, e := range r.anon.elems {
-		got = append(got, renderElement(e, r.anon.keyType, r.anon.dataType, true))
+	for _, e := range r.anons[0].elems {
+		got = append(got, renderElement(e, r.anons[0].keyType, r.anons[0].dataType, true))
 	}
 	want := "0 : 10.0.0.1 . 80,1 : 10.0.0.2 . 80,2 : 10.0.0.2 . 80,3 : 10.0.0.2 . 80"
 	if strings.Join(got, ",") != want || !strings.Contains(r.text, "mod 4 map") {
@@ -133,5 +135,141 @@ func TestServicePortChainName(t *testing.T) {
 	n.Port = ""
 	if other := servicePortChain(n); other == got || !strings.HasSuffix(other, "-ns/svc/tcp") {
 		t.Errorf("chain name without port name %q", other)
+	}
+}
+
+// describePort renders a port's chains and elements as text.
+func describePort(ps *servicePortState) string {
+	var lines []string
+	for _, c := range ps.chains {
+		lines = append(lines, "chain "+c.name)
+		for _, r := range ruleTexts(c.rules) {
+			lines = append(lines, "  "+r)
+		}
+	}
+	types := map[string]nftables.SetDatatype{}
+	for _, s := range setSpecs(ipv4) {
+		types[s.name] = s.keyType
+	}
+	var elems []string
+	for _, es := range ps.elems {
+		for _, e := range es {
+			l := e.set + " " + renderFields(typeNames(types[e.set]), []byte(e.key))
+			if e.chain != "" {
+				l += " : " + e.chain
+			}
+			elems = append(elems, l)
+		}
+	}
+	slices.Sort(elems)
+	for _, s := range ps.sets {
+		lines = append(lines, "map "+s.name)
+	}
+	return strings.Join(append(lines, elems...), "\n")
+}
+
+// TestDesiredPolicies checks, without a kernel, where each kind of
+// traffic goes for the traffic policies, affinity and source ranges.
+func TestDesiredPolicies(t *testing.T) {
+	base := func() svc {
+		return svc{ns: "d", name: "s", proto: dataplane.TCP, svcPort: 80, nodePort: 30080,
+			clusterIPs: []string{"10.96.0.1"}, lbIPs: []string{"198.51.100.1"},
+			endpoints: []string{"10.244.1.1:80"}, remote: []string{"10.244.9.1:80"}}
+	}
+	tests := []struct {
+		name string
+		cfg  Config
+		edit func(*svc)
+		want string
+	}{{
+		name: "external policy Local",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		edit: func(s *svc) { s.etpLocal = true },
+		want: `
+			chain ext-5KICH3GC-d/s/tcp
+			  ip saddr 10.244.0.0/16 goto svc-5KICH3GC-d/s/tcp comment "short-circuit pod traffic"
+			  fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"
+			  fib saddr type local goto svc-5KICH3GC-d/s/tcp comment "short-circuit local traffic"
+			  goto local-5KICH3GC-d/s/tcp
+			chain local-5KICH3GC-d/s/tcp
+			  dnat to numgen random mod 1 map { anonymous } comment "endpoints 1 digest a856e96dfa15"
+			chain svc-5KICH3GC-d/s/tcp
+			  ip daddr 10.96.0.1 jump mark-if-outside-cluster
+			  dnat to numgen random mod 2 map { anonymous } comment "endpoints 2 digest 9b574448a05d"
+			service-ips 10.96.0.1 . tcp . 80 : svc-5KICH3GC-d/s/tcp
+			service-ips 198.51.100.1 . tcp . 80 : ext-5KICH3GC-d/s/tcp
+			service-nodeports tcp . 30080 : ext-5KICH3GC-d/s/tcp`,
+	}, {
+		name: "external policy Local, no local endpoint, no cluster CIDR",
+		edit: func(s *svc) { s.etpLocal, s.endpoints = true, nil },
+		want: `
+			chain ext-5KICH3GC-d/s/tcp
+			  fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"
+			  fib saddr type local goto svc-5KICH3GC-d/s/tcp comment "short-circuit local traffic"
+			chain svc-5KICH3GC-d/s/tcp
+			  dnat to numgen random mod 1 map { anonymous } comment "endpoints 1 digest deba6f340558"
+			no-local-endpoint-nodeports tcp . 30080
+			no-local-endpoint-services 198.51.100.1 . tcp . 80
+			service-ips 10.96.0.1 . tcp . 80 : svc-5KICH3GC-d/s/tcp
+			service-ips 198.51.100.1 . tcp . 80 : ext-5KICH3GC-d/s/tcp
+			service-nodeports tcp . 30080 : ext-5KICH3GC-d/s/tcp`,
+	}, {
+		name: "internal policy Local, no local endpoint",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		edit: func(s *svc) { s.itpLocal, s.endpoints, s.nodePort, s.lbIPs = true, nil, 0, nil },
+		want: `
+			no-local-endpoint-services 10.96.0.1 . tcp . 80`,
+	}, {
+		name: "both policies Local",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		edit: func(s *svc) { s.itpLocal, s.etpLocal, s.lbIPs, s.nodePort = true, true, nil, 0 },
+		want: `
+			chain local-5KICH3GC-d/s/tcp
+			  ip daddr 10.96.0.1 jump mark-if-outside-cluster
+			  dnat to numgen random mod 1 map { anonymous } comment "endpoints 1 digest a856e96dfa15"
+			service-ips 10.96.0.1 . tcp . 80 : local-5KICH3GC-d/s/tcp`,
+	}, {
+		name: "no endpoints at all: rejected, firewall kept",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		edit: func(s *svc) {
+			s.etpLocal, s.endpoints, s.remote, s.sourceRanges = true, nil, nil, []string{"192.0.2.0/24"}
+		},
+		want: `
+			chain fw-5KICH3GC-d/s/tcp
+			  ip saddr 192.0.2.0/24 return
+			  fib saddr type local return
+			  drop
+			firewall-ips 198.51.100.1 . tcp . 80 : fw-5KICH3GC-d/s/tcp
+			no-endpoint-nodeports tcp . 30080
+			no-endpoint-services 10.96.0.1 . tcp . 80
+			no-endpoint-services 198.51.100.1 . tcp . 80`,
+	}, {
+		name: "session affinity",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		edit: func(s *svc) { s.affinity, s.nodePort, s.lbIPs, s.remote = 10*time.Second, 0, nil, nil },
+		want: `
+			chain svc-5KICH3GC-d/s/tcp
+			  ip daddr 10.96.0.1 jump mark-if-outside-cluster
+			  ip saddr map @aff-svc-5KICH3GC-d/s/tcp { anonymous } update @aff-svc-5KICH3GC-d/s/tcp { ip saddr : ip saddr map @aff-svc-5KICH3GC-d/s/tcp timeout 10s } dnat to ip saddr map @aff-svc-5KICH3GC-d/s/tcp comment "endpoints 1 digest a856e96dfa15"
+			  delete @aff-svc-5KICH3GC-d/s/tcp { ip saddr } update @aff-svc-5KICH3GC-d/s/tcp { ip saddr : numgen random mod 1 map { anonymous } timeout 10s } dnat to numgen random mod 1 map { anonymous } comment "endpoints 1 digest a856e96dfa15"
+			map aff-svc-5KICH3GC-d/s/tcp
+			service-ips 10.96.0.1 . tcp . 80 : svc-5KICH3GC-d/s/tcp`,
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := tc.cfg.withDefaults()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := base()
+			tc.edit(&s)
+			st := newState(s)
+			n := s.portName()
+			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], st.NodeName, st.NodeZone)
+			got := describePort(ps)
+			if want := strings.TrimSpace(dedent(tc.want)); got != want {
+				t.Errorf("got:\n%s\nwant:\n%s", got, want)
+			}
+		})
 	}
 }

@@ -13,34 +13,74 @@
 //	    fib daddr type local ip daddr != 127.0.0.0/8 [ip daddr PREFIX] meta l4proto . th dport vmap @service-nodeports
 //	service-ips   (ipv4_addr . inet_proto . inet_service : verdict)  cluster, external, LB IP -> goto svc-...
 //	service-nodeports (inet_proto . inet_service : verdict)          NodePort -> goto svc-...
-//	svc-HASH-ns/name/proto/port, one per Service port with endpoints:
-//	    ip daddr != CLUSTER-IP jump mark-for-masquerade     (external, LB and NodePort traffic)
+//	svc-HASH-ns/name/proto/port, one per Service port with Cluster-policy endpoints:
+//	    ip daddr != CLUSTER-IP jump mark-for-masquerade     (external traffic, externalTrafficPolicy Cluster)
 //	    ip daddr CLUSTER-IP jump mark-if-outside-cluster    (cluster IP from outside the cluster CIDRs)
 //	    dnat to numgen random mod N map { 0 : ip . port, ... } comment "endpoints N digest D"
+//	local-HASH-..., the same over this node's endpoints (traffic policy Local)
+//	ext-HASH-..., external traffic of externalTrafficPolicy Local:
+//	    ip saddr CLUSTER-CIDR goto svc-...                  (pods: "short circuit", unmasqueraded)
+//	    fib saddr type local jump mark-for-masquerade; fib saddr type local goto svc-...   (the node)
+//	    goto local-...                                      (others keep their source; absent without local endpoints)
+//	fw-HASH-..., load balancer IPs with loadBalancerSourceRanges:
+//	    ip saddr RANGE return ...; fib saddr type local return; drop
 //	nat-postrouting (nat, srcnat):
 //	    ct status dnat ip saddr . ip daddr @hairpin-endpoints masquerade fully-random
 //	    meta mark & BIT == 0 return; meta mark set meta mark & ~BIT; masquerade fully-random
+//	filter-prerouting-pre-dnat, filter-output-pre-dnat (filter, dstnat - 10):
+//	    jump firewall-check: ip daddr . meta l4proto . th dport vmap @firewall-ips -> goto fw-...
 //	filter-input, filter-forward, filter-output (filter, priority -10):
 //	    [ct state invalid drop]   (forward, with Config.ConntrackDropInvalid)
 //	    ct state new jump service-endpoints-check / nodeport-endpoints-check
 //	    -> frontends in @no-endpoint-services / @no-endpoint-nodeports goto reject-no-endpoints:
 //	       TCP: reject with tcp reset; others: reject with icmp port-unreachable
+//	    -> frontends in @no-local-endpoint-services / @no-local-endpoint-nodeports drop
 //
-// A Service port without usable endpoints has no chain: its frontends are
-// elements of the no-endpoint sets instead of the service maps, so new
-// connections are refused at once instead of timing out.
+// A Service port without usable endpoints has no endpoint chain: its
+// frontends are elements of the no-endpoint sets instead of the service
+// maps, so new connections are refused at once instead of timing out.
 //
-// Endpoints are those dataplane.ClusterEndpoints gives a positive weight;
-// an endpoint of weight w takes w slots of the numgen map. NAT happens on a
-// connection's first packet, so changing a chain never moves established
-// connections (conntrack keeps their translation).
+// # Service semantics (kube-proxy's)
+//
+// Endpoints are chosen by dataplane.CategorizeEndpoints for this node
+// (State.NodeName, State.NodeZone): ready ones, else serving+terminating
+// ones, topology hints applied to the Cluster set. Cluster-IP traffic goes
+// to the Cluster endpoints, or with internalTrafficPolicy Local to this
+// node's (local-). External traffic (external and load balancer IPs,
+// NodePorts) goes to svc- with externalTrafficPolicy Cluster (masqueraded);
+// with Local it goes through ext-: traffic from pods (the cluster CIDRs)
+// and from the node itself short-circuits to the Cluster endpoints, the
+// node's masqueraded; the rest goes unmasqueraded (client address kept) to
+// this node's endpoints. When a policy leaves no endpoint here but the
+// Service has some elsewhere, the frontends are also in the
+// no-local-endpoint sets and traffic nothing translated is dropped (the
+// client retries), not rejected.
+//
+// sessionAffinity ClientIP: each endpoint chain gets a map aff-CHAIN
+// (client address : endpoint address . port, flags timeout, dynamic) and
+// two rules instead of the plain dnat: a client with an entry whose
+// endpoint is still in the chain (checked against an anonymous set, so an
+// endpoint that went away is never used) is DNATed there and its entry's
+// timeout refreshed; any other client gets a random endpoint, its old entry
+// deleted and the new one added with the Service's timeout (dynset delete
+// needs Linux 5.18+). The map's elements are the packet path's: syncs never
+// read or write them, so they survive rule rewrites. kube-proxy keeps one
+// set of clients per endpoint instead; here a client's affinity is per
+// chain, so the short-circuited and the Local traffic of one Service keep
+// separate entries.
+//
+// loadBalancerSourceRanges: before DNAT, packets to a load balancer IP of
+// such a Service go to its fw- chain, which drops sources outside the
+// ranges. The node's own traffic always passes ("fib saddr type local";
+// kube-proxy allows it when the node's IP is inside the ranges, which the
+// model does not carry). NodePorts and external IPs are not firewalled, as
+// in kube-proxy.
 //
 // Masquerading follows the IPVS dataplane's policy (package iptables):
-// everything with Config.MasqueradeAll; otherwise NodePort, external and
-// load balancer traffic always, and cluster-IP traffic from outside
-// Config.ClusterCIDRs (never, without cluster CIDRs). externalTrafficPolicy
-// Local is not honoured yet (it is masqueraded and load-balanced like
-// Cluster).
+// everything with Config.MasqueradeAll; otherwise external traffic of
+// externalTrafficPolicy Cluster, the node's own external traffic, and
+// cluster-IP traffic from outside Config.ClusterCIDRs (never, without
+// cluster CIDRs).
 //
 // Hairpin traffic (an endpoint reaching itself through a Service) must be
 // masqueraded, or the reply stays inside the pod and skips de-NAT.
@@ -59,7 +99,9 @@
 // sends one transaction with just the differences: a one-endpoint change
 // of a cluster-IP Service is 6 messages (flush the chain; its masquerade
 // rule; the anonymous map and its elements; the dnat rule; one hairpin
-// element) at 20 Services as at 10,000. Messages are ordered so nothing dangles (see batch): chains
+// element) at 20 Services as at 10,000; a Service with policies Local and
+// affinity rewrites at most its few chains (15 messages to add a local
+// endpoint, see TestPartialSyncMessagesPolicies). Messages are ordered so nothing dangles (see batch): chains
 // before the elements pointing to them, element deletions before chain
 // deletions. A full sync (first sync, periodic resync, any sync after an
 // error) reads the table back (chains, their rules rendered to text, named

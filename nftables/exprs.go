@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -188,3 +189,63 @@ func concat(parts ...[]expr.Any) []expr.Any {
 }
 
 func one(e ...expr.Any) []expr.Any { return e }
+
+// matchFibSaddrLocal: "fib saddr type local" (the source is an address of
+// this node: traffic the node itself sends).
+func matchFibSaddrLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: reg1, FlagSADDR: true, ResultADDRTYPE: true},
+		cmp(expr.CmpOpEq, native32(unix.RTN_LOCAL)),
+	}
+}
+
+// nftDynsetOpDelete is NFT_DYNSET_OP_DELETE (Linux 5.18+), which x/sys
+// does not name.
+const nftDynsetOpDelete = 2
+
+// Registers of the session affinity rules: the client address is kept in
+// the third 32-bit register, clear of the endpoint (address . port) the
+// rules build from NFT_REG32_00.
+const regAffinityKey = unix.NFT_REG32_02
+
+// affinityHit: "dnat to ip saddr map @aff if the result is in { current
+// endpoints }, refreshing the client's entry". The endpoint check keeps a
+// client whose endpoint went away from being sent there until its entry
+// expires. The anonymous endpoint set is the lookup at index 3.
+func affinityHit(f *family, set, anonSet string, timeout time.Duration) []expr.Any {
+	slots := (f.addrLen + 3) / 4
+	return []expr.Any{
+		loadAddr(f, f.saddrOffset, regAffinityKey),
+		&expr.Lookup{SourceRegister: regAffinityKey, DestRegister: reg32_0, IsDestRegSet: true, SetName: set},
+		// The endpoint is still one of the chain's.
+		&expr.Lookup{SourceRegister: reg32_0, SetName: anonSet},
+		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg32_0,
+			RegProtoMin: reg32_0 + slots, Specified: true},
+	}
+}
+
+// affinityHitAnonIdx is the index of the anonymous set lookup in
+// affinityHit's expressions.
+const affinityHitAnonIdx = 2
+
+// affinityPick: "dnat to numgen random mod N map @anon", recording the
+// choice for the client: any entry the client has (one pointing to an
+// endpoint that went away) is deleted, then the new one added with the
+// timeout. The anonymous map is the lookup at index 2.
+func affinityPick(f *family, n uint32, anon, set string, timeout time.Duration) []expr.Any {
+	slots := (f.addrLen + 3) / 4
+	return []expr.Any{
+		loadAddr(f, f.saddrOffset, regAffinityKey),
+		&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: anon},
+		// The kernel wants data registers for any operation on a map;
+		// delete ignores them.
+		&expr.Dynset{Operation: nftDynsetOpDelete, SetName: set, SrcRegKey: regAffinityKey, SrcRegData: reg32_0},
+		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg1,
+			RegProtoMin: reg32_0 + slots, Specified: true},
+	}
+}
+
+const affinityPickAnonIdx = 2

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 
@@ -42,6 +43,11 @@ type svc struct {
 	lbIPs          []string
 	endpoints      []string // "ip:port", ready
 	terminating    []string // "ip:port", serving and terminating
+	remote         []string // "ip:port", ready, on another node (node-b)
+
+	etpLocal, itpLocal bool
+	affinity           time.Duration // sessionAffinity ClientIP timeout
+	sourceRanges       []string      // loadBalancerSourceRanges
 }
 
 func (s svc) portName() dataplane.ServicePortName {
@@ -71,10 +77,15 @@ func putService(st *dataplane.State, s svc) {
 	st.Services[name] = &dataplane.ServicePort{
 		Name: name, Port: s.svcPort, NodePort: s.nodePort,
 		ClusterIPs: addrs(s.clusterIPs), ExternalIPs: addrs(s.externalIPs), LoadBalancerIPs: addrs(s.lbIPs),
+		ExternalPolicyLocal: s.etpLocal, InternalPolicyLocal: s.itpLocal, SessionAffinityTimeout: s.affinity,
+		LoadBalancerSourceRanges: prefixes(s.sourceRanges...),
 	}
 	var eps []dataplane.Endpoint
 	for _, e := range s.endpoints {
 		eps = append(eps, dataplane.Endpoint{Addr: netip.MustParseAddrPort(e), Ready: true, Serving: true, NodeName: "node-a"})
+	}
+	for _, e := range s.remote {
+		eps = append(eps, dataplane.Endpoint{Addr: netip.MustParseAddrPort(e), Ready: true, Serving: true, NodeName: "node-b"})
 	}
 	for _, e := range s.terminating {
 		eps = append(eps, dataplane.Endpoint{Addr: netip.MustParseAddrPort(e), Serving: true, Terminating: true, NodeName: "node-a"})

@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"testing"
+	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
@@ -115,6 +116,50 @@ func TestKernelGolden(t *testing.T) {
 			// Two Services backed by the same pod: one hairpin element.
 			{ns: "default", name: "a", proto: dataplane.TCP, svcPort: 80, clusterIPs: []string{"10.96.0.51"}, endpoints: []string{"10.244.1.5:80"}},
 			{ns: "default", name: "b", proto: dataplane.TCP, svcPort: 81, clusterIPs: []string{"10.96.0.52"}, endpoints: []string{"10.244.1.5:81"}},
+		},
+	}, {
+		name: "external-policy-local",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svcs: []svc{
+			// A local and a remote endpoint: outside traffic to the local
+			// one, the node's and pods' to both.
+			func() svc {
+				s := withNodePort(web(), 30080)
+				s.endpoints, s.remote = []string{"10.244.1.2:8080"}, []string{"10.244.9.3:8080"}
+				s.lbIPs, s.etpLocal = []string{"198.51.100.10"}, true
+				return s
+			}(),
+			// Only remote endpoints: outside traffic is dropped, the
+			// node's and pods' still served.
+			{ns: "default", name: "remote", proto: dataplane.TCP, svcPort: 80, nodePort: 30081, clusterIPs: []string{"10.96.0.11"},
+				externalIPs: []string{"192.0.2.11"}, remote: []string{"10.244.9.4:80"}, etpLocal: true},
+		},
+	}, {
+		name: "internal-policy-local",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svcs: []svc{
+			{ns: "default", name: "local", proto: dataplane.TCP, svcPort: 80, clusterIPs: []string{"10.96.0.12"},
+				endpoints: []string{"10.244.1.2:80"}, remote: []string{"10.244.9.2:80"}, itpLocal: true},
+			// No endpoint here: dropped, not rejected.
+			{ns: "default", name: "remote", proto: dataplane.TCP, svcPort: 80, clusterIPs: []string{"10.96.0.13"},
+				remote: []string{"10.244.9.3:80"}, itpLocal: true},
+		},
+	}, {
+		name: "session-affinity",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svcs: []svc{func() svc { s := web(); s.affinity = 3 * time.Hour; return s }()},
+	}, {
+		name: "load-balancer-source-ranges",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svcs: []svc{
+			func() svc {
+				s := withNodePort(web(), 30080)
+				s.lbIPs, s.sourceRanges = []string{"198.51.100.10", "198.51.100.11"}, []string{"192.168.77.0/24", "203.0.113.7/32", "fd00::/8"}
+				return s
+			}(),
+			// Firewalled even without endpoints.
+			{ns: "default", name: "empty", proto: dataplane.TCP, svcPort: 80, clusterIPs: []string{"10.96.0.11"},
+				lbIPs: []string{"198.51.100.12"}, sourceRanges: []string{"10.0.0.0/8"}},
 		},
 	}}
 	for _, tc := range tests {

@@ -44,6 +44,23 @@ const (
 	setNoEndpointServices  = "no-endpoint-services"
 	setNoEndpointNodePorts = "no-endpoint-nodeports"
 	setHairpin             = "hairpin-endpoints"
+	// setNoLocalEndpointServices and setNoLocalEndpointNodePorts hold the
+	// frontends of Services that have endpoints, but none for this
+	// traffic from this node (traffic policy Local without a local
+	// endpoint): their new connections are dropped, not rejected, as
+	// kube-proxy does, so clients retry instead of failing.
+	setNoLocalEndpointServices  = "no-local-endpoint-services"
+	setNoLocalEndpointNodePorts = "no-local-endpoint-nodeports"
+	// mapFirewallIPs sends load balancer IPs with loadBalancerSourceRanges
+	// to their firewall chain, before DNAT.
+	mapFirewallIPs = "firewall-ips"
+)
+
+// Fixed chains of the firewall (loadBalancerSourceRanges).
+const (
+	chainFilterPreroutingPreDNAT = "filter-prerouting-pre-dnat"
+	chainFilterOutputPreDNAT     = "filter-output-pre-dnat"
+	chainFirewallCheck           = "firewall-check"
 )
 
 // servicePortChainPrefix starts every per-Service-port chain; fixed chains
@@ -57,12 +74,38 @@ const servicePortChainPrefix = "svc-"
 // each, so the name stays far below the kernel's 255 (NFT_CHAIN_MAXNAMELEN);
 // "/" is valid in nft identifiers and cannot occur in the parts.
 func servicePortChain(n dataplane.ServicePortName) string {
+	return servicePortChainPrefix + chainBase(n)
+}
+
+// Per-Service-port chains besides the cluster-policy one (svc-): the
+// Local-policy endpoints, the external-traffic dispatch of
+// externalTrafficPolicy Local and the loadBalancerSourceRanges firewall.
+// affinitySetPrefix starts the session affinity map of a chain ("aff-"
+// followed by the chain's name).
+const (
+	localChainPrefix    = "local-"
+	externalChainPrefix = "ext-"
+	firewallChainPrefix = "fw-"
+	affinitySetPrefix   = "aff-"
+)
+
+func localChain(n dataplane.ServicePortName) string    { return localChainPrefix + chainBase(n) }
+func externalChain(n dataplane.ServicePortName) string { return externalChainPrefix + chainBase(n) }
+func firewallChain(n dataplane.ServicePortName) string { return firewallChainPrefix + chainBase(n) }
+func affinitySet(chain string) string                  { return affinitySetPrefix + chain }
+
+// anonSetName names the anonymous endpoint set of a chain's session
+// affinity rule (see anonMapName).
+func anonSetName(chain string) string { return "__set-" + chain }
+
+// chainBase is "HASH-namespace/name/protocol[/port]".
+func chainBase(n dataplane.ServicePortName) string {
 	readable := n.Namespace + "/" + n.Name + "/" + strings.ToLower(string(n.Protocol))
 	if n.Port != "" {
 		readable += "/" + n.Port
 	}
 	sum := sha256.Sum256([]byte(n.String()))
-	return servicePortChainPrefix + base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + readable
+	return base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + readable
 }
 
 // anonMapName names the anonymous endpoint map of a service chain's DNAT

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -115,6 +116,15 @@ func TestPartialMatchesFull(t *testing.T) {
 		func() { b.endpoints = nil },                       // now it goes
 		func() { a.externalIPs, b.externalIPs = []string{"192.0.2.9"}, []string{"192.0.2.9"} }, // different protocols: no conflict
 		func() { a.lbIPs, a.endpoints = []string{"198.51.100.1"}, []string{"10.244.3.3:80", "10.244.3.4:80"} },
+		// Traffic policies, affinity, source ranges.
+		func() { a.etpLocal, a.remote, a.nodePort = true, []string{"10.244.9.9:80"}, 30080 },
+		func() { a.endpoints = nil }, // no local endpoint: drop sets
+		func() { a.affinity, a.endpoints = time.Minute, []string{"10.244.3.3:80"} }, // affinity maps
+		func() { a.itpLocal, b.itpLocal, b.remote = true, true, []string{"10.244.9.8:53"} },
+		func() { a.sourceRanges = []string{"192.0.2.0/24"} },
+		func() { a.lbIPs = nil }, // firewall goes with the LB IP
+		func() { a.affinity, a.etpLocal, a.itpLocal = 0, false, false },
+		func() { a.remote, b.remote = nil, nil },
 	}
 	for i, step := range steps {
 		step()
@@ -370,5 +380,58 @@ func TestIncompatibleSet(t *testing.T) {
 	mustSync(t, p, newState(web()), changed())
 	if !strings.Contains(k.dump(t), "10.96.0.10 . tcp . 80 : goto svc-") {
 		t.Error("sync after cleanup did not program the Service")
+	}
+}
+
+// TestPartialSyncMessagesPolicies: with traffic policies Local, session
+// affinity and source ranges, a one-endpoint change still costs the same
+// number of messages whatever the number of Services, and leaves the
+// kernel as a full sync would.
+func TestPartialSyncMessagesPolicies(t *testing.T) {
+	requireKernel(t)
+	counts := map[int][]int{}
+	for _, n := range []int{20, 500} {
+		k := newKernelNS(t, "sy-nft-ppol")
+		p := k.proxier(t, Config{ClusterCIDRs: clusterCIDR})
+		svcs := manyServices(n)
+		target := svc{ns: "bench", name: "policies", port: "http", proto: dataplane.TCP, svcPort: 80, nodePort: 32000,
+			clusterIPs: []string{"10.97.0.1"}, lbIPs: []string{"198.51.100.1"}, sourceRanges: []string{"192.0.2.0/24"},
+			endpoints: []string{"10.244.0.1:80"}, remote: []string{"10.250.0.1:80"}, etpLocal: true, affinity: time.Minute}
+		st := newState(append(svcs, target)...)
+		mustSync(t, p, st, full)
+		k.cnt.take()
+		steps := []struct {
+			name string
+			edit func(s *svc)
+		}{
+			{"add local endpoint", func(s *svc) { s.endpoints = append(s.endpoints, "10.244.0.2:80") }},
+			{"add remote endpoint", func(s *svc) { s.remote = append(s.remote, "10.250.0.2:80") }},
+			{"no local endpoint", func(s *svc) { s.endpoints = nil }},
+			{"local endpoint back", func(s *svc) { s.endpoints = []string{"10.244.0.1:80"} }},
+			{"internal policy Local", func(s *svc) { s.itpLocal = true }},
+			{"affinity timeout", func(s *svc) { s.affinity = time.Hour }},
+			{"affinity off", func(s *svc) { s.affinity = 0 }},
+			{"source ranges", func(s *svc) { s.sourceRanges = append(s.sourceRanges, "203.0.113.0/24") }},
+			{"source ranges off", func(s *svc) { s.sourceRanges = nil }},
+			{"external policy Cluster", func(s *svc) { s.etpLocal, s.itpLocal = false, false }},
+		}
+		for _, step := range steps {
+			step.edit(&target)
+			putService(st, target)
+			mustSync(t, p, st, changed(target.portName().ServiceName))
+			msgs, flushes := k.cnt.take()
+			if flushes != 1 {
+				t.Fatalf("%d Services, %s: %d transactions, want 1", n, step.name, flushes)
+			}
+			counts[n] = append(counts[n], msgs)
+			mustSync(t, p, st, full)
+			if msgs, _ := k.cnt.take(); msgs != 0 {
+				t.Fatalf("%d Services, %s: full sync after the partial one sent %d messages", n, step.name, msgs)
+			}
+		}
+	}
+	t.Logf("messages per step: 20 Services %v, 500 Services %v", counts[20], counts[500])
+	if fmt.Sprint(counts[20]) != fmt.Sprint(counts[500]) {
+		t.Errorf("message counts depend on the number of Services: %v vs %v", counts[20], counts[500])
 	}
 }

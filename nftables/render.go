@@ -176,6 +176,8 @@ func (r *ruleRenderer) expr(e expr.Any) {
 		r.emit(verdictText(e.Kind, e.Chain))
 	case *expr.Counter:
 		r.emit("counter")
+	case *expr.Dynset:
+		r.dynset(e)
 	default:
 		name := fmt.Sprintf("%T", e)
 		r.emit("[" + strings.TrimPrefix(name, "*expr.") + "]")
@@ -338,6 +340,30 @@ func (r *ruleRenderer) lookup(e *expr.Lookup) {
 	default:
 		r.emit(key + " " + ref)
 	}
+}
+
+// dynset: "update @set { key [: data] } [timeout T]", as nft writes it.
+func (r *ruleRenderer) dynset(e *expr.Dynset) {
+	op := map[uint32]string{unix.NFT_DYNSET_OP_ADD: "add", unix.NFT_DYNSET_OP_UPDATE: "update", nftDynsetOpDelete: "delete"}[e.Operation]
+	if op == "" {
+		op = "dynset-op-" + strconv.Itoa(int(e.Operation))
+	}
+	elem := r.load(e.SrcRegKey).text
+	if e.SrcRegData != 0 && e.Operation != nftDynsetOpDelete {
+		elem += " : " + r.load(e.SrcRegData).text
+	}
+	s := op + " " + r.setRef(e.SetName) + " { " + elem
+	if e.Timeout != 0 {
+		s += " timeout " + e.Timeout.String()
+	}
+	s += " }"
+	if e.Invert {
+		s += " [inverted]"
+	}
+	if len(e.Exprs) > 0 {
+		s += " [exprs]"
+	}
+	r.emit(s)
 }
 
 func (r *ruleRenderer) nat(e *expr.NAT) {

@@ -9,27 +9,29 @@ import (
 type rule struct {
 	exprs   []expr.Any
 	comment string
-	// anon is the anonymous map the rule's lookup at anonIdx refers to
+	// anons are the anonymous sets and maps the rule's lookups refer to
 	// (by name; the set ID is filled in per batch).
-	anon    *anonMap
-	anonIdx int
+	anons []*anonMap
 	// text is the rule rendered without the anonymous map's elements,
 	// which is what the kernel's copy renders to when it is the same rule
 	// (the elements are covered by the comment's digest).
 	text string
 }
 
-// anonMap is an anonymous constant map bound to one rule.
+// anonMap is an anonymous constant map (or set, without dataType) bound to
+// one rule, through the lookup at exprs[idx].
 type anonMap struct {
 	name     string
 	keyType  nftables.SetDatatype
 	dataType nftables.SetDatatype
+	isMap    bool
 	elems    []nftables.SetElement
+	idx      int
 }
 
 // newRule renders r for comparisons.
 func newRule(f *family, comment string, exprs ...[]expr.Any) rule {
-	r := rule{exprs: concat(exprs...), comment: comment, anonIdx: -1}
+	r := rule{exprs: concat(exprs...), comment: comment}
 	r.text = renderRule(f, r.exprs, r.comment, nil, setKeyLen(f))
 	return r
 }

@@ -18,8 +18,24 @@ type setSpec struct {
 	keyType  nftables.SetDatatype
 	dataType nftables.SetDatatype // maps only
 	isMap    bool
-	comment  string
+	// timeout and dynamic: a map the packet path writes (session
+	// affinity), whose elements expire.
+	timeout bool
+	dynamic bool
+	comment string
 }
+
+// affinitySpec is the session affinity map of a Service port chain:
+// client address -> endpoint address . port, written by the chain's rules
+// with a per-element timeout (the Service's affinity timeout, in the rule).
+func affinitySpec(f *family, chain string) setSpec {
+	return setSpec{name: affinitySet(chain), keyType: f.addrType,
+		dataType: nftables.MustConcatSetType(f.addrType, nftables.TypeInetService), isMap: true,
+		timeout: true, dynamic: true}
+}
+
+// isAffinitySetName reports whether a named set is a session affinity map.
+func isAffinitySetName(name string) bool { return strings.HasPrefix(name, affinitySetPrefix) }
 
 func setSpecs(f *family) []setSpec {
 	addrProtoPort := nftables.MustConcatSetType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService)
@@ -29,6 +45,12 @@ func setSpecs(f *family) []setSpec {
 			comment: "endpoint . endpoint: an endpoint reaching itself through a Service"},
 		{name: setNoEndpointNodePorts, keyType: protoPort, comment: "NodePorts of Services without endpoints"},
 		{name: setNoEndpointServices, keyType: addrProtoPort, comment: "frontends of Services without endpoints"},
+		{name: setNoLocalEndpointNodePorts, keyType: protoPort,
+			comment: "NodePorts of Services with endpoints, none of them for traffic from outside (Local policy)"},
+		{name: setNoLocalEndpointServices, keyType: addrProtoPort,
+			comment: "frontends of Services with endpoints, none of them for this traffic (Local policy)"},
+		{name: mapFirewallIPs, keyType: addrProtoPort, dataType: nftables.TypeVerdict, isMap: true,
+			comment: "load balancer IPs with loadBalancerSourceRanges"},
 		{name: mapServiceIPs, keyType: addrProtoPort, dataType: nftables.TypeVerdict, isMap: true,
 			comment: "cluster, external and load balancer IPs"},
 		{name: mapServiceNodePorts, keyType: protoPort, dataType: nftables.TypeVerdict, isMap: true,
@@ -52,7 +74,8 @@ func setKeyLen(f *family) func(string) int {
 
 // set returns the library object for the spec.
 func (s setSpec) set(t *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: t, Name: s.name, KeyType: s.keyType, DataType: s.dataType, IsMap: s.isMap, Comment: s.comment}
+	return &nftables.Set{Table: t, Name: s.name, KeyType: s.keyType, DataType: s.dataType, IsMap: s.isMap,
+		HasTimeout: s.timeout, Dynamic: s.dynamic, Comment: s.comment}
 }
 
 // chainSpec is a chain and its rules.
@@ -88,6 +111,9 @@ const (
 	priorityDstNAT = nftables.ChainPriority(-100)
 	prioritySrcNAT = nftables.ChainPriority(100)
 	priorityFilter = nftables.ChainPriority(-10)
+	// priorityFirewall runs before DNAT (dstnat - 10), as kube-proxy's
+	// firewall: the destination is still the load balancer IP.
+	priorityFirewall = nftables.ChainPriority(-110)
 )
 
 // skeletonChains returns the fixed chains for cfg, sorted by name.
@@ -133,8 +159,20 @@ func skeletonChains(cfg Config, f *family) []chainSpec {
 		{name: chainMarkMasq, rules: []rule{r("", setMark(bit, true))}},
 		{name: chainServiceEndpointsCheck, rules: []rule{
 			r("", loadDaddrProtoPort(f), one(inSet(setNoEndpointServices), goTo(chainReject))),
+			// Endpoints exist, none for this traffic: drop, the client
+			// retries (kube-proxy).
+			r("", loadDaddrProtoPort(f), one(inSet(setNoLocalEndpointServices), verdict(expr.VerdictDrop))),
 		}},
-		{name: chainNodePortEndpointsCheck, rules: nodePortRules(cfg, f, one(inSet(setNoEndpointNodePorts), goTo(chainReject)))},
+		{name: chainNodePortEndpointsCheck, rules: append(
+			nodePortRules(cfg, f, one(inSet(setNoEndpointNodePorts), goTo(chainReject))),
+			nodePortRules(cfg, f, one(inSet(setNoLocalEndpointNodePorts), verdict(expr.VerdictDrop)))...)},
+		// loadBalancerSourceRanges, checked before DNAT on every packet
+		// to a load balancer IP (kube-proxy's firewall-check).
+		base(chainFilterPreroutingPreDNAT, nftables.ChainTypeFilter, *nftables.ChainHookPrerouting, priorityFirewall,
+			r("", one(jump(chainFirewallCheck)))),
+		base(chainFilterOutputPreDNAT, nftables.ChainTypeFilter, *nftables.ChainHookOutput, priorityFirewall,
+			r("", one(jump(chainFirewallCheck)))),
+		{name: chainFirewallCheck, rules: []rule{r("", loadDaddrProtoPort(f), one(vmap(mapFirewallIPs)))}},
 		{name: chainReject, rules: []rule{
 			r("", matchL4Proto(protoTCP), one(rejectTCPReset())),
 			r("", one(rejectICMPPortUnreachable())),

@@ -34,7 +34,7 @@ func newTableState() *tableState {
 func buildTableState(logger klog.Logger, cfg Config, f *family, st *dataplane.State) *tableState {
 	ts := newTableState()
 	for _, name := range st.SortedServicePorts() {
-		if ps := desiredServicePort(cfg, f, st.Services[name], st.Endpoints[name]); ps != nil {
+		if ps := desiredServicePort(cfg, f, st.Services[name], st.Endpoints[name], st.NodeName, st.NodeZone); ps != nil {
 			ts.add(logger, ps)
 		}
 	}
@@ -100,25 +100,14 @@ func (e element) valueText() string {
 	return "goto " + e.chain
 }
 
-// elementFor returns the element frontend fr should have, if any.
-func (ts *tableState) elementFor(fr frontend) (element, bool) {
+// elementsFor returns the elements frontend fr should have: those of the
+// port that owns it.
+func (ts *tableState) elementsFor(fr frontend) []element {
 	owner, ok := ts.owners[fr]
 	if !ok {
-		return element{}, false
+		return nil
 	}
-	ps := ts.ports[owner]
-	e := element{key: string(fr.key()), chain: ps.chain}
-	switch {
-	case ps.chain != "" && fr.isNodePort():
-		e.set = mapServiceNodePorts
-	case ps.chain != "":
-		e.set = mapServiceIPs
-	case fr.isNodePort():
-		e.set = setNoEndpointNodePorts
-	default:
-		e.set = setNoEndpointServices
-	}
-	return e, true
+	return ts.ports[owner].elems[fr]
 }
 
 // elements returns every element the state wants, by set and key.
@@ -128,12 +117,23 @@ func (ts *tableState) elements(specs []setSpec) map[string]map[string]string {
 		out[s.name] = map[string]string{}
 	}
 	for fr := range ts.owners {
-		if e, ok := ts.elementFor(fr); ok {
+		for _, e := range ts.elementsFor(fr) {
 			out[e.set][e.key] = e.valueText()
 		}
 	}
 	for a := range ts.hairpin {
 		out[setHairpin][string(hairpinKey(a))] = ""
+	}
+	return out
+}
+
+// affinitySets returns the session affinity maps of every port, by name.
+func (ts *tableState) affinitySets() map[string]setSpec {
+	out := map[string]setSpec{}
+	for _, ps := range ts.ports {
+		for _, s := range ps.sets {
+			out[s.name] = s
+		}
 	}
 	return out
 }

@@ -4,9 +4,11 @@ import (
 	"fmt"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard/switchyard/conntrack"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/ipvs"
@@ -18,12 +20,24 @@ import (
 func newDataplane(cfg *config) (dataplane.Dataplane, error) {
 	choice, reason := chooseDataplane(cfg.dataplane, kernelIPVSProbe{})
 	klog.InfoS("Dataplane chosen", "dataplane", choice, "reason", reason)
+	var dp dataplane.Dataplane
+	var err error
 	switch choice {
 	case "ipvs":
-		return newIPVSDataplane(cfg)
+		dp, err = newIPVSDataplane(cfg)
 	default:
-		return newNFTables(cfg)
+		dp, err = newNFTables(cfg)
 	}
+	if err != nil {
+		return nil, err
+	}
+	// Stale UDP/SCTP conntrack entries are cleared after each successful
+	// sync, once the new rules are in place.
+	ct, err := conntrack.NewNetlink(netns.None())
+	if err != nil {
+		return nil, fmt.Errorf("conntrack: %w", err)
+	}
+	return dataplane.Chain{dp, conntrack.NewCleaner(ct, nil)}, nil
 }
 
 // newCleanupDataplane returns every dataplane that can be set up on this
@@ -36,7 +50,12 @@ func newCleanupDataplane(cfg *config) (dataplane.Dataplane, error) {
 	} else {
 		klog.InfoS("Skipping iptables cleanup", "reason", err)
 	}
-	if ipvsDP, err := newIPVS(cfg); err == nil {
+	// Only with IPVS in the kernel: opening a handle would otherwise load
+	// ip_vs (moby/ipvs runs modprobe) and log errors, and without IPVS there
+	// is no virtual server, dummy link or drain state of ours to remove.
+	if !(kernelIPVSProbe{}).Present() {
+		klog.InfoS("Skipping IPVS cleanup", "reason", "no IPVS in this kernel")
+	} else if ipvsDP, err := newIPVS(cfg); err == nil {
 		parts = append(parts, ipvsDP)
 	} else {
 		klog.InfoS("Skipping IPVS cleanup", "reason", err)

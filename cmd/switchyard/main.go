@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/dataplane/healthcheck"
 	"github.com/switchyard/switchyard/dataplane/source"
 )
 
@@ -70,7 +71,15 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 			klog.InfoS("Object corrected", "object", p.Object, "reason", p.Reason, "detail", p.Detail)
 		}
 	})
-	syncer := dataplane.NewSyncer(tracker, dp, cfg.minSyncPeriod, cfg.syncPeriod)
+	// healthCheckNodePort servers come last: they answer for the node only
+	// once the rules before them are in place. Their serviceProxyHealthy is
+	// the sync loop's health.
+	var syncer *dataplane.Syncer
+	hc := healthcheck.New(cfg.nodePortAddresses, func() bool {
+		_, err, n := syncer.Status()
+		return err == nil && n > 0
+	})
+	syncer = dataplane.NewSyncer(tracker, dataplane.Chain{dp, hc}, cfg.minSyncPeriod, cfg.syncPeriod)
 	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
 
 	srcErr := make(chan error, 1)

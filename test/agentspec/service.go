@@ -1,0 +1,132 @@
+package agentspec
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Service is one single-port Service and its EndpointSlice, as the
+// manifests the agent reads.
+type Service struct {
+	Name      string
+	ClusterIP netip.Addr
+	Port      uint16
+	// Protocol is "TCP" (when empty) or "UDP".
+	Protocol string
+	// NodePort makes the Service type NodePort when set.
+	NodePort uint16
+	// LoadBalancerIP makes the Service type LoadBalancer with this ingress
+	// IP in its status when valid.
+	LoadBalancerIP netip.Addr
+	ExternalIPs    []netip.Addr
+	// Scheduler sets the switchyard.io/ipvs-scheduler annotation.
+	Scheduler string
+	// Backends are the ready endpoints (port TargetPort).
+	Backends []Backend
+	// Draining are backends no longer in the EndpointSlice that still have
+	// connections: with FeatureGracefulDrain they stay at weight 0.
+	Draining []Backend
+}
+
+// Proto is the protocol in upper case.
+func (s Service) Proto() string {
+	if s.Protocol == "" {
+		return "TCP"
+	}
+	return strings.ToUpper(s.Protocol)
+}
+
+// Net is the protocol for net.Dial ("tcp", "udp").
+func (s Service) Net() string { return strings.ToLower(s.Proto()) }
+
+// Addr is ClusterIP:Port.
+func (s Service) Addr() string { return netip.AddrPortFrom(s.ClusterIP, s.Port).String() }
+
+// NodePortAddr is NodeAddr:NodePort.
+func (s Service) NodePortAddr() string { return netip.AddrPortFrom(NodeAddr, s.NodePort).String() }
+
+// Frontend is one address, protocol and port a Service is reached on.
+type Frontend struct {
+	Addr     netip.Addr
+	Protocol string // "TCP", "UDP"
+	Port     uint16
+	// NodePort: Addr is NodeAddr, but the port is open on every node
+	// address.
+	NodePort bool
+}
+
+func (f Frontend) String() string {
+	s := netip.AddrPortFrom(f.Addr, f.Port).String() + "/" + f.Protocol
+	if f.NodePort {
+		s += " (node port)"
+	}
+	return s
+}
+
+// Frontends lists the ClusterIP, load-balancer IP, external IPs and the
+// NodePort (on NodeAddr) of s.
+func (s Service) Frontends() []Frontend {
+	fs := []Frontend{{Addr: s.ClusterIP, Protocol: s.Proto(), Port: s.Port}}
+	if s.LoadBalancerIP.IsValid() {
+		fs = append(fs, Frontend{Addr: s.LoadBalancerIP, Protocol: s.Proto(), Port: s.Port})
+	}
+	for _, ip := range s.ExternalIPs {
+		fs = append(fs, Frontend{Addr: ip, Protocol: s.Proto(), Port: s.Port})
+	}
+	if s.NodePort != 0 {
+		fs = append(fs, Frontend{Addr: NodeAddr, Protocol: s.Proto(), Port: s.NodePort, NodePort: true})
+	}
+	return fs
+}
+
+// Endpoints are the backends' addresses with TargetPort.
+func Endpoints(bes []Backend) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, len(bes))
+	for _, be := range bes {
+		out = append(out, netip.AddrPortFrom(be.Addr, TargetPort))
+	}
+	return out
+}
+
+// YAML renders the Service and its EndpointSlice.
+func (s Service) YAML() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Service\nmetadata:\n  name: %s\n  namespace: %s\n", s.Name, Namespace)
+	if s.Scheduler != "" {
+		fmt.Fprintf(&b, "  annotations:\n    switchyard.io/ipvs-scheduler: %q\n", s.Scheduler)
+	}
+	b.WriteString("spec:\n")
+	switch {
+	case s.LoadBalancerIP.IsValid():
+		b.WriteString("  type: LoadBalancer\n")
+	case s.NodePort != 0:
+		b.WriteString("  type: NodePort\n")
+	}
+	fmt.Fprintf(&b, "  clusterIP: %s\n", s.ClusterIP)
+	if len(s.ExternalIPs) > 0 {
+		b.WriteString("  externalIPs:\n")
+		for _, ip := range s.ExternalIPs {
+			fmt.Fprintf(&b, "  - %q\n", ip)
+		}
+	}
+	fmt.Fprintf(&b, "  ports:\n  - name: p\n    protocol: %s\n    port: %d\n    targetPort: %d\n", s.Proto(), s.Port, TargetPort)
+	if s.NodePort != 0 {
+		fmt.Fprintf(&b, "    nodePort: %d\n", s.NodePort)
+	}
+	if s.LoadBalancerIP.IsValid() {
+		fmt.Fprintf(&b, "status:\n  loadBalancer:\n    ingress:\n    - ip: %q\n", s.LoadBalancerIP)
+	}
+	fmt.Fprintf(&b, "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: %s-1\n  namespace: %s\n", s.Name, Namespace)
+	fmt.Fprintf(&b, "  labels:\n    kubernetes.io/service-name: %s\naddressType: IPv4\n", s.Name)
+	fmt.Fprintf(&b, "ports:\n- name: p\n  protocol: %s\n  port: %d\n", s.Proto(), TargetPort)
+	if len(s.Backends) == 0 {
+		b.WriteString("endpoints: []\n")
+	} else {
+		b.WriteString("endpoints:\n")
+		for _, be := range s.Backends {
+			fmt.Fprintf(&b, "- addresses: [%q]\n  conditions:\n    ready: true\n", be.Addr)
+		}
+	}
+	return b.String()
+}

@@ -13,6 +13,9 @@ func (s *State) Dump() string {
 	if s.NodeZone != "" {
 		fmt.Fprintf(&b, "zone %s\n", s.NodeZone)
 	}
+	if len(s.NodeIPs) > 0 {
+		fmt.Fprintf(&b, "nodeIPs %v\n", s.NodeIPs)
+	}
 	for _, name := range s.SortedServicePorts() {
 		sp := s.Services[name]
 		fmt.Fprintf(&b, "%s port=%d", name, sp.Port)

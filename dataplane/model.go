@@ -179,6 +179,9 @@ type State struct {
 	// NodeName is this node's name; NodeZone its topology zone (may be "").
 	NodeName string
 	NodeZone string
+	// NodeIPs are this node's primary addresses (from the Node object, or
+	// --node-ip), sorted; may be empty in standalone mode.
+	NodeIPs []netip.Addr
 }
 
 // NewState returns an empty State.

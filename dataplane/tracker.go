@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 
@@ -30,6 +31,8 @@ type Tracker struct {
 	dirty         map[ServiceName]struct{}
 	nodeName      string
 	nodeZone      string
+	nodeIPs       []netip.Addr
+	fixedNodeIPs  bool // set by SetNodeIPs: the Node object's addresses are ignored
 	nodeDirty     bool
 	servicesSync  bool
 	slicesSynced  bool
@@ -145,6 +148,45 @@ func (t *Tracker) OnNodeUpsert(node *v1.Node) {
 		t.nodeDirty = true
 		t.pendingEvents++
 	}
+	if ips := NodeIPsFromNode(node); !t.fixedNodeIPs && !slices.Equal(ips, t.nodeIPs) {
+		t.nodeIPs = ips
+		t.nodeDirty = true
+		t.pendingEvents++
+	}
+}
+
+// SetNodeIPs fixes this node's addresses (--node-ip, or standalone mode
+// without a Node object); the Node object's addresses are then ignored.
+func (t *Tracker) SetNodeIPs(ips []netip.Addr) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.fixedNodeIPs = true
+	t.nodeIPs = sortUnique(slices.Clone(ips))
+	t.nodeDirty = true
+	t.pendingEvents++
+}
+
+// NodeIPsFromNode returns the Node's InternalIP addresses, or its
+// ExternalIP addresses when it has no internal one (kube-proxy's choice of
+// the node's primary IPs), sorted.
+func NodeIPsFromNode(node *v1.Node) []netip.Addr {
+	var internal, external []netip.Addr
+	for _, a := range node.Status.Addresses {
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		switch a.Type {
+		case v1.NodeInternalIP:
+			internal = append(internal, ip.Unmap())
+		case v1.NodeExternalIP:
+			external = append(external, ip.Unmap())
+		}
+	}
+	if len(internal) == 0 {
+		internal = external
+	}
+	return sortUnique(internal)
 }
 
 // SetServicesSynced and SetEndpointSlicesSynced mark the initial listing of
@@ -193,6 +235,7 @@ func (t *Tracker) Drain() (*State, Changes) {
 	nodeDirty := t.nodeDirty
 	t.nodeDirty = false
 	t.state.NodeZone = t.nodeZone
+	t.state.NodeIPs = slices.Clone(t.nodeIPs)
 	type input struct {
 		ports  []*ServicePort
 		slices []*discovery.EndpointSlice

@@ -1,7 +1,9 @@
 package dataplane
 
 import (
+	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -161,5 +163,33 @@ func TestTrackerReportsProblems(t *testing.T) {
 	}
 	if !strings.Contains(got[2].Error(), "EndpointSlice demo/bad-1") {
 		t.Fatalf("problem does not name the object: %v", got[2])
+	}
+}
+
+func TestTrackerNodeIPs(t *testing.T) {
+	tr := NewTracker("node-a", TranslateOptions{}, nil)
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}
+	node.Status.Addresses = []v1.NodeAddress{
+		{Type: v1.NodeHostName, Address: "node-a"},
+		{Type: v1.NodeExternalIP, Address: "203.0.113.9"},
+		{Type: v1.NodeInternalIP, Address: "fd00::a"},
+		{Type: v1.NodeInternalIP, Address: "192.168.1.10"},
+	}
+	tr.OnNodeUpsert(node)
+	st, _ := tr.Drain()
+	if got := fmt.Sprint(st.NodeIPs); got != "[192.168.1.10 fd00::a]" {
+		t.Fatalf("node IPs %s, want the internal ones", got)
+	}
+	// Only external addresses: those are used.
+	node.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeExternalIP, Address: "203.0.113.9"}}
+	tr.OnNodeUpsert(node)
+	if st, _ = tr.Drain(); fmt.Sprint(st.NodeIPs) != "[203.0.113.9]" {
+		t.Fatalf("node IPs %v", st.NodeIPs)
+	}
+	// --node-ip wins over the Node object from then on.
+	tr.SetNodeIPs([]netip.Addr{netip.MustParseAddr("10.0.0.5")})
+	tr.OnNodeUpsert(node)
+	if st, _ = tr.Drain(); fmt.Sprint(st.NodeIPs) != "[10.0.0.5]" || !strings.Contains(st.Dump(), "nodeIPs [10.0.0.5]") {
+		t.Fatalf("node IPs %v", st.NodeIPs)
 	}
 }

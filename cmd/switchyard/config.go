@@ -36,6 +36,7 @@ type config struct {
 	masqueradeBit         int
 	masqueradeAll         bool
 	clusterCIDRs          []netip.Prefix
+	nodeIPs               []netip.Addr
 	conntrackDropInvalid  bool
 	conntrackTCPBeLiberal bool
 
@@ -66,7 +67,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.ipvsScheduler, "ipvs-scheduler", "rr", "default IPVS scheduler: one of "+strings.Join(dataplane.IPVSSchedulers, ", ")+" (per Service: annotation "+dataplane.AnnotationIPVSScheduler+")")
 	fs.DurationVar(&c.ipvsDrainTimeout, "ipvs-drain-timeout", 15*time.Minute, "how long a removed IPVS real server keeps draining its connections (weight 0) before it is deleted anyway")
 	fs.BoolVar(&c.ipvsStrictARP, "ipvs-strict-arp", false, "set arp_ignore=1 and arp_announce=2 so service IPs on the dummy link are not answered by ARP (MetalLB L2)")
-	var nodePortAddrs, clusterCIDRs []string
+	var nodePortAddrs, clusterCIDRs, nodeIPs []string
+	fs.StringSliceVar(&nodeIPs, "node-ip", nil, "this node's primary addresses (default: the Node object's InternalIPs; set it in standalone mode)")
 	fs.StringSliceVar(&nodePortAddrs, "nodeport-addresses", nil, "CIDRs of the node addresses NodePorts are opened on (default: all local unicast addresses)")
 	fs.StringVar(&c.stateDir, "state-dir", "/var/run/switchyard", "directory for state that must survive agent restarts (IPVS ownership, drain start times)")
 	fs.StringVar(&c.dummyLink, "ipvs-dummy-link", "switchyard0", "name of the dummy link holding service IPs")
@@ -106,6 +108,13 @@ func parseFlags(args []string) (*config, error) {
 	var err error
 	if c.nodePortAddresses, err = parsePrefixes("--nodeport-addresses", nodePortAddrs); err != nil {
 		return nil, err
+	}
+	for _, s := range nodeIPs {
+		ip, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("--node-ip: %w", err)
+		}
+		c.nodeIPs = append(c.nodeIPs, ip.Unmap())
 	}
 	if c.clusterCIDRs, err = parsePrefixes("--cluster-cidr", clusterCIDRs); err != nil {
 		return nil, err

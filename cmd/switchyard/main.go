@@ -71,6 +71,9 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 			klog.InfoS("Object corrected", "object", p.Object, "reason", p.Reason, "detail", p.Detail)
 		}
 	})
+	if len(cfg.nodeIPs) > 0 {
+		tracker.SetNodeIPs(cfg.nodeIPs)
+	}
 	// healthCheckNodePort servers come last: they answer for the node only
 	// once the rules before them are in place. Their serviceProxyHealthy is
 	// the sync loop's health.

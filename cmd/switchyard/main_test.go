@@ -135,6 +135,7 @@ func TestParseFlagsRejectsBadValues(t *testing.T) {
 		{"--cluster-cidr", "10.0.0.0/33"},
 		{"--nodeport-addresses", "nope"},
 		{"--sync-period", "0s"},
+		{"--node-ip", "10.0.0.300"},
 	} {
 		if _, err := parseFlags(append(args, "--hostname-override", "n")); err == nil {
 			t.Errorf("%v accepted", args)

@@ -33,7 +33,13 @@ type DesiredVS struct {
 	// NodePort is set for virtual servers on node addresses.
 	NodePort bool
 	// RealServers maps backend address to weight; weight 0 keeps existing
-	// connections and takes no new ones.
+	// connections and takes no new ones. Weight 1: the endpoints the
+	// traffic policy selects. Weight 0: endpoints the policy would pick
+	// from (this node's under a Local policy, the hinted ones under
+	// topology hints, else all) that are not selected because they are not
+	// ready or terminating. Endpoints outside that pool (another node's,
+	// another zone's) are left out, so a real server for one drains like a
+	// removed endpoint's.
 	RealServers map[netip.AddrPort]int
 }
 
@@ -60,10 +66,18 @@ func (c Conflict) String() string {
 // Each Service port gets one virtual server per ClusterIP, ExternalIP and
 // load-balancer IP on its port, and, when it has a NodePort, one per node IP;
 // ExternalIPs, LB IPs and node IPs of a family the Service's ClusterIPs do
-// not have are ignored. Real servers come from
-// dataplane.ClusterEndpoints, limited to the virtual server's family (IPVS
-// masquerading cannot cross families): usable endpoints weigh 1, the others
-// the slices still list weigh 0 so their connections drain.
+// not have are ignored.
+//
+// Real servers come from dataplane.CategorizeEndpoints for st.NodeName and
+// st.NodeZone, applied to the endpoints of the virtual server's family only
+// (IPVS masquerading cannot cross families; kube-proxy runs one proxier per
+// family): ClusterIP virtual servers use the Cluster set, or the Local set
+// under internalTrafficPolicy Local; ExternalIP, load-balancer IP and
+// NodePort virtual servers use the Local set under externalTrafficPolicy
+// Local, else the Cluster set. Selected endpoints weigh 1, the other
+// endpoints of the same pool 0 (see DesiredVS.RealServers). Unlike
+// kube-proxy, an empty Local set does not fall back to the Cluster set:
+// the virtual server has no real servers and IPVS rejects new connections.
 func Desired(st *dataplane.State, nodeIPs []netip.Addr, cfg Config) DesiredState {
 	return desired(st, nodeIPs, cfg, nil)
 }
@@ -82,7 +96,7 @@ func desired(st *dataplane.State, nodeIPs []netip.Addr, cfg Config, idx *desired
 			}
 			continue
 		}
-		pd := newPortDesired(name, sp, st.Endpoints[name], cfg)
+		pd := newPortDesired(name, sp, st, cfg)
 		fes = appendFrontends(fes[:0], sp, nodeIPs)
 		var claimed []frontend // idx only: fes without repeats
 		for _, fe := range fes {
@@ -92,7 +106,7 @@ func desired(st *dataplane.State, nodeIPs []netip.Addr, cfg Config, idx *desired
 			}
 			if idx != nil {
 				if cl := idx.keys[k]; len(cl) == 0 || cl[len(cl)-1].name != name {
-					idx.keys[k] = append(cl, claimant{name: name, nodePort: fe.nodePort})
+					idx.keys[k] = append(cl, claimant{name: name, nodePort: fe.nodePort, external: fe.external})
 					claimed = append(claimed, fe)
 				}
 			}
@@ -102,7 +116,7 @@ func desired(st *dataplane.State, nodeIPs []netip.Addr, cfg Config, idx *desired
 				}
 				continue
 			}
-			ds.VirtualServers[k] = pd.virtualServer(k, fe.nodePort)
+			ds.VirtualServers[k] = pd.virtualServer(k, fe.nodePort, fe.external)
 		}
 		if idx != nil {
 			idx.recordPort(name, claimed)
@@ -126,10 +140,12 @@ func sortConflicts(cs []Conflict) {
 }
 
 // frontend is one key a Service port claims. nodePort marks keys on node
-// IPs (the NodePort).
+// IPs (the NodePort); external marks keys external traffic arrives on
+// (ExternalIPs, LB IPs and NodePorts), which follow externalTrafficPolicy.
 type frontend struct {
 	key      Key
 	nodePort bool
+	external bool
 }
 
 // appendFrontends appends the keys sp claims, in claim order: ClusterIPs,
@@ -154,7 +170,7 @@ func appendFrontends(dst []frontend, sp *dataplane.ServicePort, nodeIPs []netip.
 		return has6
 	}
 	proto := sp.Name.Protocol
-	for _, group := range [...][]netip.Addr{sp.ClusterIPs, sp.ExternalIPs, sp.LoadBalancerIPs} {
+	for g, group := range [...][]netip.Addr{sp.ClusterIPs, sp.ExternalIPs, sp.LoadBalancerIPs} {
 		for _, ip := range group {
 			ip = ip.Unmap()
 			if !family(ip) {
@@ -163,13 +179,13 @@ func appendFrontends(dst []frontend, sp *dataplane.ServicePort, nodeIPs []netip.
 				// could never reach one of its endpoints.
 				continue
 			}
-			dst = append(dst, frontend{key: Key{IP: ip, Protocol: proto, Port: sp.Port}})
+			dst = append(dst, frontend{key: Key{IP: ip, Protocol: proto, Port: sp.Port}, external: g > 0})
 		}
 	}
 	if sp.NodePort != 0 {
 		for _, ip := range nodeIPs {
 			if family(ip) {
-				dst = append(dst, frontend{key: Key{IP: ip.Unmap(), Protocol: proto, Port: sp.NodePort}, nodePort: true})
+				dst = append(dst, frontend{key: Key{IP: ip.Unmap(), Protocol: proto, Port: sp.NodePort}, nodePort: true, external: true})
 			}
 		}
 	}
@@ -179,13 +195,28 @@ func appendFrontends(dst []frontend, sp *dataplane.ServicePort, nodeIPs []netip.
 // portDesired builds the DesiredVS of the keys one Service port wins.
 type portDesired struct {
 	tmpl     DesiredVS
-	weighted []dataplane.WeightedEndpoint
+	sp       *dataplane.ServicePort
+	eps      []dataplane.Endpoint
+	nodeName string
+	zone     string
+	// byFamily caches the real servers of each family ([0] IPv4, [1]
+	// IPv6), computed on first use.
+	byFamily [2]*familyRealServers
 }
 
-func newPortDesired(name dataplane.ServicePortName, sp *dataplane.ServicePort, eps []dataplane.Endpoint, cfg Config) portDesired {
+// familyRealServers are the weighted real servers of one family for
+// internal (ClusterIP) and external (ExternalIP, LB IP, NodePort) keys.
+type familyRealServers struct {
+	internal, external map[netip.AddrPort]int
+}
+
+func newPortDesired(name dataplane.ServicePortName, sp *dataplane.ServicePort, st *dataplane.State, cfg Config) portDesired {
 	pd := portDesired{
 		tmpl:     DesiredVS{Service: name, Scheduler: cfg.Scheduler},
-		weighted: dataplane.ClusterEndpoints(eps),
+		sp:       sp,
+		eps:      st.Endpoints[name],
+		nodeName: st.NodeName,
+		zone:     st.NodeZone,
 	}
 	if pd.tmpl.Scheduler == "" {
 		pd.tmpl.Scheduler = DefaultScheduler
@@ -203,16 +234,69 @@ func newPortDesired(name dataplane.ServicePortName, sp *dataplane.ServicePort, e
 	return pd
 }
 
-func (pd *portDesired) virtualServer(k Key, nodePort bool) *DesiredVS {
+func (pd *portDesired) virtualServer(k Key, nodePort, external bool) *DesiredVS {
 	d := pd.tmpl
 	d.NodePort = nodePort
-	d.RealServers = map[netip.AddrPort]int{}
-	for _, e := range pd.weighted {
-		if sameFamily(e.Addr.Addr(), k.IP) {
-			d.RealServers[e.Addr] = e.Weight
+	fam := 0
+	if !k.IP.Is4() {
+		fam = 1
+	}
+	if pd.byFamily[fam] == nil {
+		pd.byFamily[fam] = pd.realServers(k.IP.Is4())
+	}
+	rs := pd.byFamily[fam].internal
+	if external {
+		rs = pd.byFamily[fam].external
+	}
+	d.RealServers = maps.Clone(rs)
+	return &d
+}
+
+// realServers applies dataplane.CategorizeEndpoints to the endpoints of
+// one family and weighs them (see Desired).
+func (pd *portDesired) realServers(v4 bool) *familyRealServers {
+	var eps []dataplane.Endpoint
+	for _, e := range pd.eps {
+		if e.Addr.Addr().Unmap().Is4() == v4 {
+			eps = append(eps, e)
 		}
 	}
-	return &d
+	sets := dataplane.CategorizeEndpoints(pd.sp, eps, pd.nodeName, pd.zone)
+	// The pools the sets are chosen from: a listed endpoint of the pool
+	// that is not chosen (not ready, terminating) weighs 0.
+	localPool := func(e dataplane.Endpoint) bool { return e.NodeName != "" && e.NodeName == pd.nodeName }
+	clusterPool := func(e dataplane.Endpoint) bool {
+		switch sets.TopologyMode {
+		case dataplane.TopologyPreferSameNode:
+			return slices.Contains(e.NodeHints, pd.nodeName)
+		case dataplane.TopologyPreferSameZone:
+			return slices.Contains(e.ZoneHints, pd.zone)
+		}
+		return true
+	}
+	weigh := func(local bool) map[netip.AddrPort]int {
+		selected, pool := sets.Cluster, clusterPool
+		if local {
+			selected, pool = sets.Local, localPool
+		}
+		m := make(map[netip.AddrPort]int, len(eps))
+		for _, e := range eps {
+			if pool(e) {
+				m[e.Addr] = 0
+			}
+		}
+		for _, e := range selected {
+			m[e.Addr] = 1
+		}
+		return m
+	}
+	out := &familyRealServers{internal: weigh(pd.sp.InternalPolicyLocal)}
+	if pd.sp.InternalPolicyLocal == pd.sp.ExternalPolicyLocal {
+		out.external = out.internal
+	} else {
+		out.external = weigh(pd.sp.ExternalPolicyLocal)
+	}
+	return out
 }
 
 // ServiceKeys maps each Service to the keys it owns.

@@ -17,6 +17,19 @@
 //     only the share of the changed Services, from an index of every
 //     Service port's claims it keeps between syncs.
 //
+// # Traffic policies and topology
+//
+// Real servers come from dataplane.CategorizeEndpoints for the node's name
+// and zone, per family: ClusterIP virtual servers follow
+// internalTrafficPolicy, ExternalIP, load-balancer IP and NodePort virtual
+// servers externalTrafficPolicy; topology hints narrow the Cluster set.
+// Under a Local policy with no local endpoint the virtual server has no
+// real servers, so IPVS refuses new connections (kube-proxy would fall back
+// to every endpoint). Keeping the client's address under
+// externalTrafficPolicy Local is the iptables package's part (its *-LOCAL
+// sets). A real server the policy or topology no longer selects drains like
+// a removed endpoint's; see Desired and DesiredVS.RealServers.
+//
 // # Ownership
 //
 // switchyard shares IPVS and the node's addresses with other programs, so

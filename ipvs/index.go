@@ -42,6 +42,7 @@ type portClaims struct {
 type claimant struct {
 	name     dataplane.ServicePortName
 	nodePort bool
+	external bool
 }
 
 func newDesiredIndex(nodeIPs []netip.Addr) *desiredIndex {
@@ -160,7 +161,7 @@ func (idx *desiredIndex) update(st *dataplane.State, changed map[dataplane.Servi
 		buf = dedupeFrontends(appendFrontends(buf[:0], sp, idx.nodeIPs))
 		fes := slices.Clone(buf)
 		for _, fe := range fes {
-			idx.insertClaim(fe.key, claimant{name: name, nodePort: fe.nodePort})
+			idx.insertClaim(fe.key, claimant{name: name, nodePort: fe.nodePort, external: fe.external})
 			claimed[fe.key] = true
 			if !fe.nodePort {
 				bind[fe.key.IP] = true
@@ -195,11 +196,11 @@ func (idx *desiredIndex) update(st *dataplane.State, changed map[dataplane.Servi
 		}
 		pd := pds[c.name]
 		if pd == nil {
-			v := newPortDesired(c.name, sp, st.Endpoints[c.name], cfg)
+			v := newPortDesired(c.name, sp, st, cfg)
 			pd = &v
 			pds[c.name] = pd
 		}
-		out.ds.VirtualServers[k] = pd.virtualServer(k, c.nodePort)
+		out.ds.VirtualServers[k] = pd.virtualServer(k, c.nodePort, c.external)
 		if idx.addrs[k.IP] > 0 {
 			bind[k.IP] = true
 		}

@@ -21,6 +21,11 @@ var DefaultModules = []string{
 	"ip_vs_sed", "ip_vs_nq", "ip_vs_dh", "ip_vs_lblc", "ip_vs_lblcr", "ip_vs_fo", "ip_vs_ovf",
 	// Links.
 	"dummy", "veth",
+	// SCTP sockets for real SCTP traffic (deps: udp_tunnel, ip6_udp_tunnel,
+	// libcrc32c). IPVS and conntrack SCTP support are built in to the Debian
+	// kernel (CONFIG_IP_VS_PROTO_SCTP=y, CONFIG_NF_CT_PROTO_SCTP=y);
+	// xt_sctp is the iptables "-p sctp --dport" match.
+	"sctp", "xt_sctp",
 	// Conntrack and NAT.
 	"nf_conntrack", "nf_conntrack_netlink", "nf_defrag_ipv4", "nf_defrag_ipv6", "nf_nat", "nfnetlink",
 	// ipset.

@@ -181,26 +181,44 @@ func (b *batch) addElements(spec setSpec, elems []element) {
 	}
 }
 
-// run queues every write in phase order and sends the transaction.
-func (b *batch) run(c Conn) error {
-	if b.empty() {
-		return nil
-	}
-	for _, ops := range b.phases {
-		for _, op := range ops {
-			if err := op(c); err != nil {
-				// Never send half a batch: drop what was queued.
-				if d, ok := c.(interface{ Discard() }); ok {
-					d.Discard()
+// runBatches sends the batches (one per family; nil ones are skipped) as
+// one transaction, each batch's writes in phase order, and returns their
+// summed counts. Nothing is sent when all are empty.
+func runBatches(c Conn, bs []*batch) (syncStats, error) {
+	var total syncStats
+	for _, b := range bs {
+		if b == nil || b.empty() {
+			continue
+		}
+		total.add(b.stats)
+		for _, ops := range b.phases {
+			for _, op := range ops {
+				if err := op(c); err != nil {
+					// Never send half a batch: drop what was queued.
+					if d, ok := c.(interface{ Discard() }); ok {
+						d.Discard()
+					}
+					return syncStats{}, fmt.Errorf("%s table: %w", b.f.name, err)
 				}
-				return err
 			}
 		}
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("send transaction of %d messages: %w", b.stats.Messages, err)
+	if total.Messages == 0 {
+		return total, nil
 	}
-	return nil
+	if err := c.Flush(); err != nil {
+		return syncStats{}, fmt.Errorf("send transaction of %d messages: %w", total.Messages, err)
+	}
+	return total, nil
+}
+
+func (s *syncStats) add(o syncStats) {
+	s.Messages += o.Messages
+	s.ChainsAdded += o.ChainsAdded
+	s.ChainsRewritten += o.ChainsRewritten
+	s.ChainsDeleted += o.ChainsDeleted
+	s.ElementsAdded += o.ElementsAdded
+	s.ElementsDeleted += o.ElementsDeleted
 }
 
 // maxElementBytes bounds the element list of one message: the list is one

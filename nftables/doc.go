@@ -1,7 +1,8 @@
 // Package nftables is switchyard's nftables dataplane: Services are
-// programmed into one table, "ip switchyard", through netlink
-// (github.com/google/nftables; no nft binary). Nothing outside that table
-// is touched, by Sync or by Cleanup, which deletes the table.
+// programmed into one table per family, "ip switchyard" and "ip6
+// switchyard", through netlink (github.com/google/nftables; no nft
+// binary). Nothing outside those tables is touched, by Sync or by Cleanup,
+// which deletes both.
 //
 // # Layout
 //
@@ -141,7 +142,27 @@
 //
 // # Families
 //
-// Only IPv4 is programmed. The code is parameterized by family (family.go):
-// an ip6 table needs the family's header offsets, address type and
-// loopback prefix, and a Proxier or loop per family.
+// Dual-stack works as in kube-proxy's nftables mode: one table per family
+// with the same layout (above, "ip" reads "ip6" in the ip6 table, 127.0.0.0/8
+// reads ::1, and the reject is "reject with icmpv6 port-unreachable"). The
+// code is shared, parameterized by family (family.go: header offsets,
+// address type, loopback, ICMP code, affinity registers). Each table gets
+// the frontends (cluster, external, load balancer IPs; NodePorts on the
+// family's local addresses) and the endpoints of its own family only, so a
+// dual-stack Service's IPv6 cluster IP never leads to an IPv4 endpoint; a
+// family whose endpoints are all missing rejects on its frontends while the
+// other family serves. ClusterCIDRs, NodePortAddresses and
+// loadBalancerSourceRanges are split by family; with NodePortAddresses set,
+// a family without a prefix of its own has no NodePorts.
+//
+// One Proxier drives both tables, each with its own applied state (full or
+// partial independently: a table that disappeared is resynced in full
+// alone), and sends the writes of both in one transaction. A sync touching
+// only one family's objects writes nothing to the other table.
+//
+// A node without IPv6 (no /proc/sys/net/ipv6, the kernel booted with
+// ipv6.disable=1, or net.ipv6.conf.all.disable_ipv6=1 in the namespace) gets
+// the ip table only: the first Sync checks, logs one line and programs
+// IPv4 as usual. The check is made once per Proxier (kube-proxy also picks
+// its families at start). Cleanup removes both tables regardless.
 package nftables

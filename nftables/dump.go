@@ -14,15 +14,15 @@ import (
 	"github.com/google/nftables/binaryutil"
 )
 
-// DumpTable renders switchyard's table(s) as the kernel has them, in a
-// deterministic nft-like text: sets and maps by name with sorted elements,
+// DumpTable renders switchyard's tables as the kernel has them (ip, then
+// ip6; a missing table prints nothing), in a deterministic nft-like text: sets and maps by name with sorted elements,
 // then chains by name with their rules in order, anonymous maps written
 // inline. Tests compare it with golden files and yardctl prints it, so a
 // bug report's output can become a test. It reads every anonymous map, so
 // it costs one request per Service chain on top of the table read.
 func DumpTable(conn Conn) (string, error) {
 	var b strings.Builder
-	for _, f := range []*family{ipv4} {
+	for _, f := range allFamilies {
 		if err := dumpFamily(&b, conn, f); err != nil {
 			return "", err
 		}

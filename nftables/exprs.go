@@ -155,12 +155,13 @@ func verdict(k expr.VerdictKind) *expr.Verdict { return &expr.Verdict{Kind: k} }
 
 func masquerade() *expr.Masq { return &expr.Masq{FullyRandom: true} }
 
-// ICMP code for "port unreachable" (RFC 792).
-const icmpPortUnreachable = 3
-
 func rejectTCPReset() *expr.Reject { return &expr.Reject{Type: unix.NFT_REJECT_TCP_RST} }
-func rejectICMPPortUnreachable() *expr.Reject {
-	return &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: icmpPortUnreachable}
+
+// rejectICMPPortUnreachable: "reject with icmp port-unreachable" (ip) or
+// "reject with icmpv6 port-unreachable" (ip6): the family's ICMP type and
+// its code for it.
+func rejectICMPPortUnreachable(f *family) *expr.Reject {
+	return &expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: f.icmpPortUnreachable}
 }
 
 // dnatNumgenMap: "dnat to numgen random mod N map @anon" where the map
@@ -203,10 +204,9 @@ func matchFibSaddrLocal() []expr.Any {
 // does not name.
 const nftDynsetOpDelete = 2
 
-// Registers of the session affinity rules: the client address is kept in
-// the third 32-bit register, clear of the endpoint (address . port) the
-// rules build from NFT_REG32_00.
-const regAffinityKey = unix.NFT_REG32_02
+// The session affinity rules keep the client address in the family's
+// regAffinityKey, clear of the endpoint (address . port) they build from
+// NFT_REG32_00.
 
 // affinityHit: "dnat to ip saddr map @aff if the result is in { current
 // endpoints }, refreshing the client's entry". The endpoint check keeps a
@@ -215,11 +215,11 @@ const regAffinityKey = unix.NFT_REG32_02
 func affinityHit(f *family, set, anonSet string, timeout time.Duration) []expr.Any {
 	slots := (f.addrLen + 3) / 4
 	return []expr.Any{
-		loadAddr(f, f.saddrOffset, regAffinityKey),
-		&expr.Lookup{SourceRegister: regAffinityKey, DestRegister: reg32_0, IsDestRegSet: true, SetName: set},
+		loadAddr(f, f.saddrOffset, f.regAffinityKey),
+		&expr.Lookup{SourceRegister: f.regAffinityKey, DestRegister: reg32_0, IsDestRegSet: true, SetName: set},
 		// The endpoint is still one of the chain's.
 		&expr.Lookup{SourceRegister: reg32_0, SetName: anonSet},
-		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
+		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg32_0,
 			RegProtoMin: reg32_0 + slots, Specified: true},
 	}
@@ -236,13 +236,13 @@ const affinityHitAnonIdx = 2
 func affinityPick(f *family, n uint32, anon, set string, timeout time.Duration) []expr.Any {
 	slots := (f.addrLen + 3) / 4
 	return []expr.Any{
-		loadAddr(f, f.saddrOffset, regAffinityKey),
+		loadAddr(f, f.saddrOffset, f.regAffinityKey),
 		&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: anon},
 		// The kernel wants data registers for any operation on a map;
 		// delete ignores them.
-		&expr.Dynset{Operation: nftDynsetOpDelete, SetName: set, SrcRegKey: regAffinityKey, SrcRegData: reg32_0},
-		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
+		&expr.Dynset{Operation: nftDynsetOpDelete, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0},
+		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg1,
 			RegProtoMin: reg32_0 + slots, Specified: true},
 	}

@@ -7,10 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// family holds what differs between the ip and ip6 tables. Only IPv4 is
-// wired today; an ip6 table needs a second value here (addresses 16 bytes
-// at offsets 8 and 24, TypeIP6Addr, ::1/128) and a Proxier per family, and
-// the renderer must learn the ip6 header offsets.
+// family holds what differs between the ip and ip6 tables; everything else
+// (layout, rules, sync) is shared code parameterized by it.
 type family struct {
 	name      string // "ip": the nft family keyword, also used in dumps
 	table     nftables.TableFamily
@@ -21,6 +19,13 @@ type family struct {
 	// header.
 	saddrOffset, daddrOffset uint32
 	loopback                 netip.Prefix
+	// icmpPortUnreachable is the family's ICMP code for "port
+	// unreachable" (ICMP 3, ICMPv6 4), the code of its reject.
+	icmpPortUnreachable uint8
+	// regAffinityKey holds the client address in the session affinity
+	// rules, clear of the endpoint (address . port) they build from
+	// NFT_REG32_00: 8 bytes for IPv4, 20 for IPv6.
+	regAffinityKey uint32
 }
 
 // ipv4 is never modified.
@@ -33,7 +38,31 @@ var ipv4 = &family{
 	saddrOffset: 12,
 	daddrOffset: 16,
 	loopback:    netip.MustParsePrefix("127.0.0.0/8"),
+
+	icmpPortUnreachable: 3, // ICMP_PORT_UNREACH
+	regAffinityKey:      unix.NFT_REG32_02,
 }
+
+// ipv6 is never modified.
+var ipv6 = &family{
+	name:        "ip6",
+	table:       nftables.TableFamilyIPv6,
+	natFamily:   unix.NFPROTO_IPV6,
+	addrType:    nftables.TypeIP6Addr,
+	addrLen:     16,
+	saddrOffset: 8,
+	daddrOffset: 24,
+	loopback:    netip.MustParsePrefix("::1/128"),
+
+	icmpPortUnreachable: 4, // ICMPV6_PORT_UNREACH
+	// The endpoint takes NFT_REG32_00..04; NFT_REG32_08 starts NFT_REG_3.
+	regAffinityKey: unix.NFT_REG32_08,
+}
+
+// allFamilies are the families switchyard programs, IPv4 first: one table
+// "switchyard" in each (kube-proxy's nftables mode also uses a table per
+// family).
+var allFamilies = []*family{ipv4, ipv6}
 
 // addr returns a as this family's address, or false when a belongs to the
 // other family.

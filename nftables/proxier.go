@@ -16,19 +16,26 @@ import (
 // Sync, Cleanup and Dump are serialized.
 type Proxier struct {
 	cfg    Config
-	fam    *family
 	conn   Conn
 	sysctl Sysctl
 	// closer closes a connection the Proxier opened itself (New).
 	closer func() error
 
 	mu sync.Mutex
-	// applied is what the last successful sync left in the table. nil
-	// before the first sync, after a failed one and after Cleanup: the
-	// next sync then reads the kernel and is full.
-	applied *tableState
+	// tables are the families programmed, IPv4 first; nil until the first
+	// Sync decides whether the node has IPv6 (see detectFamilies).
+	tables []*familyTable
 	// last counts the writes of the last successful sync.
 	last syncStats
+}
+
+// familyTable is the sync state of one family's table.
+type familyTable struct {
+	fam *family
+	// applied is what the last successful sync left in the table. nil
+	// before the first sync, after a failed one and after Cleanup: the
+	// next sync of the table then reads the kernel and is full.
+	applied *tableState
 }
 
 var _ dataplane.Dataplane = (*Proxier)(nil)
@@ -48,7 +55,7 @@ func NewProxier(cfg Config, conn Conn, sysctl Sysctl) (*Proxier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables proxier: %w", err)
 	}
-	return &Proxier{cfg: cfg, fam: ipv4, conn: conn, sysctl: sysctl}, nil
+	return &Proxier{cfg: cfg, conn: conn, sysctl: sysctl}, nil
 }
 
 // New returns a Proxier for the caller's network namespace (the node's,
@@ -78,22 +85,22 @@ func (p *Proxier) Close() error {
 // Name implements dataplane.Dataplane.
 func (p *Proxier) Name() string { return "nftables" }
 
-// Sync makes the table match st.
+// Sync makes the tables (ip, and ip6 when the node has IPv6) match st.
 //
-// A full sync (changes.Full, the first sync, or any sync after a failure)
-// reads the whole table back (chains, their rules, named set elements),
-// compares it with the desired state and writes only differences: a chain
-// or element deleted or altered behind our back is restored, stale chains
-// and elements are removed, and a new process whose table already matches
-// (a restart) writes nothing.
+// A table's sync is full (changes.Full, its first sync, any sync after a
+// failure, or when the table disappeared): it reads the whole table back
+// (chains, their rules, named set elements), compares it with the desired
+// state and writes only differences: a chain or element deleted or altered
+// behind our back is restored, stale chains and elements are removed, and
+// a new process whose tables already match (a restart) writes nothing.
 //
 // A partial sync trusts the last applied state and recomputes only the
 // changed Services: it flushes and refills the chains of the Service ports
 // that changed and adds or deletes their map elements. Its cost does not
 // depend on how many Services there are.
 //
-// Either way all writes go in one transaction, which the kernel applies
-// atomically.
+// Either way all writes, of both families, go in one transaction, which
+// the kernel applies atomically.
 func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes dataplane.Changes) error {
 	if st == nil {
 		return errors.New("sync: nil state")
@@ -102,40 +109,96 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 	defer p.mu.Unlock()
 	logger := klog.FromContext(ctx).WithValues("dataplane", p.Name())
 	start := time.Now()
-	full := changes.Full || p.applied == nil
-	if !full {
-		// Whatever deletes the whole table (`nft flush ruleset` by a
-		// firewall reload, say) breaks every Service: check for it on
-		// every sync, it costs one small request.
-		exists, err := tableExists(p.conn, p.fam)
-		if err != nil {
-			p.applied = nil
-			return fmt.Errorf("partial sync: %w", err)
+	if p.tables == nil {
+		p.tables = p.detectFamilies(logger)
+	}
+	fail := func(err error) error {
+		for _, ft := range p.tables {
+			ft.applied = nil
 		}
-		if !exists {
-			logger.Info("nftables table is gone; syncing in full", "table", tableName, "family", p.fam.name)
-			full = true
-		}
-	}
-	if full {
-		p.ensureSysctls(logger)
-	}
-	var b *batch
-	var err error
-	if full {
-		b, err = p.syncFull(logger, st)
-	} else {
-		b, err = p.syncPartial(logger, st, changes)
-	}
-	if err != nil {
-		p.applied = nil
 		return err
 	}
-	p.last = b.stats
-	logger.V(2).Info("Synced nftables", "full", full, "took", time.Since(start), "messages", b.stats.Messages,
-		"chainsAdded", b.stats.ChainsAdded, "chainsRewritten", b.stats.ChainsRewritten, "chainsDeleted", b.stats.ChainsDeleted,
-		"elementsAdded", b.stats.ElementsAdded, "elementsDeleted", b.stats.ElementsDeleted)
+	fulls := make([]bool, len(p.tables))
+	anyFull := false
+	for i, ft := range p.tables {
+		full := changes.Full || ft.applied == nil
+		if !full {
+			// Whatever deletes a whole table (`nft flush ruleset` by a
+			// firewall reload, say) breaks every Service: check for it on
+			// every sync, it costs one small request per family.
+			exists, err := tableExists(p.conn, ft.fam)
+			if err != nil {
+				return fail(fmt.Errorf("partial sync: %w", err))
+			}
+			if !exists {
+				logger.Info("nftables table is gone; syncing it in full", "table", tableName, "family", ft.fam.name)
+				full = true
+			}
+		}
+		fulls[i] = full
+		anyFull = anyFull || full
+	}
+	if anyFull {
+		p.ensureSysctls(logger)
+	}
+	batches := make([]*batch, len(p.tables))
+	wants := make([]*tableState, len(p.tables))
+	for i, ft := range p.tables {
+		if fulls[i] {
+			b, want, err := p.planFullSync(logger, ft.fam, st)
+			if err != nil {
+				return fail(err)
+			}
+			batches[i], wants[i] = b, want
+		} else {
+			// Updates ft.applied in place; a failure below clears it.
+			batches[i] = planPartial(logger, p.cfg, ft.fam, ft.applied, st, changes)
+			wants[i] = ft.applied
+		}
+	}
+	stats, err := runBatches(p.conn, batches)
+	if err != nil {
+		what := "partial sync"
+		if anyFull {
+			what = "full sync"
+		}
+		return fail(fmt.Errorf("%s: %w", what, err))
+	}
+	for i, ft := range p.tables {
+		ft.applied = wants[i]
+	}
+	p.last = stats
+	logger.V(2).Info("Synced nftables", "full", anyFull, "took", time.Since(start), "messages", stats.Messages,
+		"chainsAdded", stats.ChainsAdded, "chainsRewritten", stats.ChainsRewritten, "chainsDeleted", stats.ChainsDeleted,
+		"elementsAdded", stats.ElementsAdded, "elementsDeleted", stats.ElementsDeleted)
 	return nil
+}
+
+// sysctlDisableIPv6 exists when the kernel has IPv6 (not booted with
+// ipv6.disable=1); set to 1 it disables IPv6 on every interface of the
+// network namespace.
+const sysctlDisableIPv6 = "net/ipv6/conf/all/disable_ipv6"
+
+// detectFamilies returns the tables to program: ip always, ip6 when the
+// node has IPv6. Without IPv6 the ip6 table is skipped (one log line) and
+// IPv4 works as usual. Decided once per Proxier, as kube-proxy decides its
+// families at start. Without a Sysctl nothing can be checked and both are
+// programmed.
+func (p *Proxier) detectFamilies(logger klog.Logger) []*familyTable {
+	tables := []*familyTable{{fam: ipv4}}
+	if p.sysctl != nil {
+		v, err := p.sysctl.Get(sysctlDisableIPv6)
+		switch {
+		case err != nil:
+			logger.Info("IPv6 is not available on this node; programming IPv4 only", "table", "ip6 "+tableName, "err", err)
+			return tables
+		case v != "0":
+			logger.Info("IPv6 is disabled on this node; programming IPv4 only", "table", "ip6 "+tableName,
+				"sysctl", sysctlDisableIPv6, "value", v)
+			return tables
+		}
+	}
+	return append(tables, &familyTable{fam: ipv6})
 }
 
 // ensureSysctls applies the conntrack sysctl. Failing to write it (a
@@ -156,30 +219,36 @@ func (p *Proxier) ensureSysctls(logger klog.Logger) {
 }
 
 // Cleanup deletes switchyard's table (and with it everything switchyard
-// created) in every family, and nothing else. It needs no prior Sync and
-// succeeds when there is nothing to delete.
+// created) in every family, ip and ip6, whether or not this node has IPv6
+// now, and nothing else. It needs no prior Sync and succeeds when there is
+// nothing to delete.
 func (p *Proxier) Cleanup(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.applied = nil
-	tables, err := p.conn.ListTablesOfFamily(p.fam.table)
-	if err != nil {
-		return fmt.Errorf("cleanup: list %s tables: %w", p.fam.name, err)
+	for _, ft := range p.tables {
+		ft.applied = nil
 	}
-	for _, t := range tables {
-		if t.Name != tableName {
+	var errs []error
+	for _, f := range allFamilies {
+		exists, err := tableExists(p.conn, f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("cleanup: %w", err))
 			continue
 		}
-		p.conn.DelTable(p.fam.tableRef())
-		if err := p.conn.Flush(); err != nil {
-			return fmt.Errorf("cleanup: delete table %s %s: %w", p.fam.name, tableName, err)
+		if !exists {
+			continue
 		}
-		klog.FromContext(ctx).V(2).Info("Deleted nftables table", "family", p.fam.name, "table", tableName)
+		p.conn.DelTable(f.tableRef())
+		if err := p.conn.Flush(); err != nil {
+			errs = append(errs, fmt.Errorf("cleanup: delete table %s %s: %w", f.name, tableName, err))
+			continue
+		}
+		klog.FromContext(ctx).V(2).Info("Deleted nftables table", "family", f.name, "table", tableName)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
-// Dump renders switchyard's table as the kernel has it (see DumpTable).
+// Dump renders switchyard's tables as the kernel has them (see DumpTable).
 func (p *Proxier) Dump() (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -171,7 +171,7 @@ func (r *ruleRenderer) expr(e expr.Any) {
 	case *expr.Masq:
 		r.emit("masquerade" + natFlags(e.Random, e.FullyRandom, e.Persistent))
 	case *expr.Reject:
-		r.emit(rejectText(e))
+		r.emit(rejectText(r.f, e))
 	case *expr.Verdict:
 		r.emit(verdictText(e.Kind, e.Chain))
 	case *expr.Counter:
@@ -399,11 +399,19 @@ func natFlags(random, fullyRandom, persistent bool) string {
 	return s
 }
 
-func rejectText(e *expr.Reject) string {
+func rejectText(f *family, e *expr.Reject) string {
 	switch e.Type {
 	case unix.NFT_REJECT_TCP_RST:
 		return "reject with tcp reset"
 	case unix.NFT_REJECT_ICMP_UNREACH:
+		if f.addrLen == 16 {
+			names := map[uint8]string{0: "no-route", 1: "admin-prohibited", 3: "addr-unreachable", 4: "port-unreachable",
+				5: "policy-fail", 6: "reject-route"}
+			if n, ok := names[e.Code]; ok {
+				return "reject with icmpv6 " + n
+			}
+			return "reject with icmpv6 code " + strconv.Itoa(int(e.Code))
+		}
 		names := map[uint8]string{0: "net-unreachable", 1: "host-unreachable", 3: "port-unreachable", 13: "admin-prohibited"}
 		if n, ok := names[e.Code]; ok {
 			return "reject with icmp " + n

@@ -175,7 +175,7 @@ func skeletonChains(cfg Config, f *family) []chainSpec {
 		{name: chainFirewallCheck, rules: []rule{r("", loadDaddrProtoPort(f), one(vmap(mapFirewallIPs)))}},
 		{name: chainReject, rules: []rule{
 			r("", matchL4Proto(protoTCP), one(rejectTCPReset())),
-			r("", one(rejectICMPPortUnreachable())),
+			r("", one(rejectICMPPortUnreachable(f))),
 		}},
 	}
 	if cidrs := f.prefixes(cfg.ClusterCIDRs); len(cidrs) > 0 && !cfg.MasqueradeAll {

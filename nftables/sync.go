@@ -13,28 +13,24 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 )
 
-// syncFull reads the table, computes the whole desired state and writes
-// the difference.
-func (p *Proxier) syncFull(logger klog.Logger, st *dataplane.State) (*batch, error) {
-	kt, err := readTable(p.conn, p.fam, true)
+// planFullSync reads family f's table, computes its whole desired state and
+// plans the difference.
+func (p *Proxier) planFullSync(logger klog.Logger, f *family, st *dataplane.State) (*batch, *tableState, error) {
+	kt, err := readTable(p.conn, f, true)
 	if err != nil {
-		return nil, fmt.Errorf("full sync: read table: %w", err)
+		return nil, nil, fmt.Errorf("full sync: read %s table: %w", f.name, err)
 	}
-	want := buildTableState(logger, p.cfg, p.fam, st)
-	b := newBatch(p.fam)
-	if err := p.planFull(b, kt, want); err != nil {
-		return nil, fmt.Errorf("full sync: %w", err)
+	want := buildTableState(logger, p.cfg, f, st)
+	b := newBatch(f)
+	if err := planFull(p.cfg, b, kt, want); err != nil {
+		return nil, nil, fmt.Errorf("full sync of the %s table: %w", f.name, err)
 	}
-	if err := b.run(p.conn); err != nil {
-		return nil, fmt.Errorf("full sync: %w", err)
-	}
-	p.applied = want
-	return b, nil
+	return b, want, nil
 }
 
 // planFull queues what turns kt into skeleton + want.
-func (p *Proxier) planFull(b *batch, kt *kernelTable, want *tableState) error {
-	f := p.fam
+func planFull(cfg Config, b *batch, kt *kernelTable, want *tableState) error {
+	f := b.f
 	specs := setSpecs(f)
 	if !kt.exists {
 		b.addTable()
@@ -59,7 +55,7 @@ func (p *Proxier) planFull(b *batch, kt *kernelTable, want *tableState) error {
 	}
 
 	wanted := map[string]bool{}
-	for _, c := range skeletonChains(p.cfg, f) {
+	for _, c := range skeletonChains(cfg, f) {
 		wanted[c.name] = true
 		planChain(b, kt.chains[c.name], c)
 	}
@@ -141,15 +137,6 @@ func setMatches(s *nftables.Set, spec setSpec) bool {
 		return true
 	}
 	return s.KeyType.Name == spec.keyType.Name && s.KeyType.Bytes == spec.keyType.Bytes
-}
-
-// syncPartial applies the changed Services on top of the applied state.
-func (p *Proxier) syncPartial(logger klog.Logger, st *dataplane.State, changes dataplane.Changes) (*batch, error) {
-	b := planPartial(logger, p.cfg, p.fam, p.applied, st, changes)
-	if err := b.run(p.conn); err != nil {
-		return nil, fmt.Errorf("partial sync: %w", err)
-	}
-	return b, nil
 }
 
 // planPartial updates ts (the applied state) with the changed Services and

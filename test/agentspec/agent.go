@@ -292,3 +292,7 @@ func (a *Agent) WaitLog(re string) string {
 	})
 	return m
 }
+
+// NodeName is the agent's --hostname-override: endpoints whose nodeName it
+// is are local.
+func (a *Agent) NodeName() string { return a.env.NodeName }

@@ -184,6 +184,16 @@ type Backend struct {
 	ID   string // "be0", "be1", ...: what its echo servers answer
 	NS   *netnstest.NS
 	Addr netip.Addr
+	// Node is the nodeName of its endpoints in EndpointSlices; empty
+	// leaves nodeName out (an endpoint of no node: never local). See
+	// OnNode.
+	Node string
+}
+
+// OnNode returns b with its endpoints on node.
+func (b Backend) OnNode(node string) Backend {
+	b.Node = node
+	return b
 }
 
 // NodeSide is the node's address on the backend's link: the source a

@@ -22,6 +22,17 @@ type Service struct {
 	ExternalIPs    []netip.Addr
 	// Scheduler sets the switchyard.io/ipvs-scheduler annotation.
 	Scheduler string
+	// ExternalLocal and InternalLocal set externalTrafficPolicy and
+	// internalTrafficPolicy to Local: the external frontends (load-balancer
+	// IP, external IPs, NodePort), resp. the ClusterIP, serve only the
+	// backends on the agent's node (Backend.Node).
+	ExternalLocal bool
+	InternalLocal bool
+	// HealthCheckNodePort is spec.healthCheckNodePort (a LoadBalancer
+	// Service with ExternalLocal).
+	HealthCheckNodePort uint16
+	// AffinityClientIP sets sessionAffinity: ClientIP.
+	AffinityClientIP bool
 	// Backends are the ready endpoints (port TargetPort).
 	Backends []Backend
 	// Draining are backends no longer in the EndpointSlice that still have
@@ -80,6 +91,34 @@ func (s Service) Frontends() []Frontend {
 	return fs
 }
 
+// Local tells whether fe, a frontend of s, serves only backends on the
+// node (a Local traffic policy applies to it).
+func (s Service) Local(fe Frontend) bool {
+	if !fe.NodePort && fe.Addr == s.ClusterIP {
+		return s.InternalLocal
+	}
+	return s.ExternalLocal
+}
+
+// Serving returns the backends fe (a frontend of s) sends new connections
+// to on the node named node, and the draining ones it keeps: all of them,
+// or under a Local policy only those whose Node is node.
+func (s Service) Serving(fe Frontend, node string) (ready, draining []Backend) {
+	if !s.Local(fe) {
+		return s.Backends, s.Draining
+	}
+	onNode := func(bes []Backend) []Backend {
+		var out []Backend
+		for _, be := range bes {
+			if be.Node != "" && be.Node == node {
+				out = append(out, be)
+			}
+		}
+		return out
+	}
+	return onNode(s.Backends), onNode(s.Draining)
+}
+
 // Endpoints are the backends' addresses with TargetPort.
 func Endpoints(bes []Backend) []netip.AddrPort {
 	out := make([]netip.AddrPort, 0, len(bes))
@@ -104,6 +143,18 @@ func (s Service) YAML() string {
 		b.WriteString("  type: NodePort\n")
 	}
 	fmt.Fprintf(&b, "  clusterIP: %s\n", s.ClusterIP)
+	if s.ExternalLocal {
+		b.WriteString("  externalTrafficPolicy: Local\n")
+	}
+	if s.InternalLocal {
+		b.WriteString("  internalTrafficPolicy: Local\n")
+	}
+	if s.HealthCheckNodePort != 0 {
+		fmt.Fprintf(&b, "  healthCheckNodePort: %d\n", s.HealthCheckNodePort)
+	}
+	if s.AffinityClientIP {
+		b.WriteString("  sessionAffinity: ClientIP\n")
+	}
 	if len(s.ExternalIPs) > 0 {
 		b.WriteString("  externalIPs:\n")
 		for _, ip := range s.ExternalIPs {
@@ -126,6 +177,9 @@ func (s Service) YAML() string {
 		b.WriteString("endpoints:\n")
 		for _, be := range s.Backends {
 			fmt.Fprintf(&b, "- addresses: [%q]\n  conditions:\n    ready: true\n", be.Addr)
+			if be.Node != "" {
+				fmt.Fprintf(&b, "  nodeName: %s\n", be.Node)
+			}
 		}
 	}
 	return b.String()

@@ -79,14 +79,16 @@ func key(fe agentspec.Frontend) ipvs.Key {
 	return ipvs.Key{IP: fe.Addr, Protocol: dataplane.Protocol(fe.Protocol), Port: fe.Port}
 }
 
-// wantRealServers is what a frontend of s should have: Backends at weight
-// 1, Draining at 0.
-func wantRealServers(s agentspec.Service) map[netip.AddrPort]int {
+// wantRealServers is what frontend fe of s should have on node: the
+// Backends it serves at weight 1, the Draining ones at 0 (under a Local
+// policy only those on node: the others are no real servers at all).
+func wantRealServers(s agentspec.Service, fe agentspec.Frontend, node string) map[netip.AddrPort]int {
+	ready, draining := s.Serving(fe, node)
 	m := map[netip.AddrPort]int{}
-	for _, ep := range agentspec.Endpoints(s.Backends) {
+	for _, ep := range agentspec.Endpoints(ready) {
 		m[ep] = 1
 	}
-	for _, ep := range agentspec.Endpoints(s.Draining) {
+	for _, ep := range agentspec.Endpoints(draining) {
 		m[ep] = 0
 	}
 	return m
@@ -102,7 +104,7 @@ func (d *ipvsDataplane) WaitProgrammed(t *testing.T, a *agentspec.Agent, svcs ..
 			if d.foreignVS[key(fe)] {
 				continue
 			}
-			d.WaitRealServers(t, a, fe, wantRealServers(s), agentspec.Deadline)
+			d.WaitRealServers(t, a, fe, wantRealServers(s, fe, a.NodeName()), agentspec.Deadline)
 		}
 	}
 }
@@ -159,13 +161,25 @@ func (d *ipvsDataplane) Absent(t *testing.T, s agentspec.Service) (bool, string)
 }
 
 // CheckKernel: the dummy link holds exactly the Services' addresses, and
-// the ipsets the iptables rules match hold exactly their frontends.
+// the ipsets the iptables rules match hold exactly their frontends (the
+// *-LOCAL ones, which exempt externalTrafficPolicy Local traffic from SNAT,
+// exactly the external frontends of Services with that policy).
 func (*ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	t.Helper()
 	var wantAddrs []string
 	want := map[string][]string{ // set -> members; NodePort sets: proto:port
 		"SWITCHYARD-CLUSTER-IP": nil, "SWITCHYARD-LOAD-BALANCER": nil, "SWITCHYARD-EXTERNAL-IP": nil,
 		"SWITCHYARD-NODE-PORT-TCP": nil, "SWITCHYARD-NODE-PORT-UDP": nil,
+		"SWITCHYARD-LOAD-BALANCER-LOCAL": nil, "SWITCHYARD-EXTERNAL-IP-LOCAL": nil,
+		"SWITCHYARD-NODE-PORT-LOCAL-TCP": nil, "SWITCHYARD-NODE-PORT-LOCAL-UDP": nil,
+	}
+	// add puts m into set, and into its *-LOCAL twin under
+	// externalTrafficPolicy Local.
+	add := func(s agentspec.Service, set, local, m string) {
+		want[set] = append(want[set], m)
+		if s.ExternalLocal {
+			want[local] = append(want[local], m)
+		}
 	}
 	for _, s := range svcs {
 		proto := strings.ToLower(s.Proto())
@@ -177,14 +191,13 @@ func (*ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 		}
 		want["SWITCHYARD-CLUSTER-IP"] = append(want["SWITCHYARD-CLUSTER-IP"], member(s.ClusterIP, s.Port))
 		if s.LoadBalancerIP.IsValid() {
-			want["SWITCHYARD-LOAD-BALANCER"] = append(want["SWITCHYARD-LOAD-BALANCER"], member(s.LoadBalancerIP, s.Port))
+			add(s, "SWITCHYARD-LOAD-BALANCER", "SWITCHYARD-LOAD-BALANCER-LOCAL", member(s.LoadBalancerIP, s.Port))
 		}
 		for _, ip := range s.ExternalIPs {
-			want["SWITCHYARD-EXTERNAL-IP"] = append(want["SWITCHYARD-EXTERNAL-IP"], member(ip, s.Port))
+			add(s, "SWITCHYARD-EXTERNAL-IP", "SWITCHYARD-EXTERNAL-IP-LOCAL", member(ip, s.Port))
 		}
 		if s.NodePort != 0 {
-			set := "SWITCHYARD-NODE-PORT-" + s.Proto()
-			want[set] = append(want[set], fmt.Sprintf("%s:%d", proto, s.NodePort))
+			add(s, "SWITCHYARD-NODE-PORT-"+s.Proto(), "SWITCHYARD-NODE-PORT-LOCAL-"+s.Proto(), fmt.Sprintf("%s:%d", proto, s.NodePort))
 		}
 	}
 	slices.Sort(wantAddrs)
@@ -195,7 +208,7 @@ func (*ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	for _, set := range slices.Sorted(maps.Keys(want)) {
 		var got []string
 		for _, m := range ipsetMembers(t, set) {
-			if strings.HasPrefix(set, "SWITCHYARD-NODE-PORT-") {
+			if strings.HasPrefix(set, "SWITCHYARD-NODE-PORT-") { // LOCAL too
 				// 0.0.0.0/1,tcp:30080 and 128.0.0.0/1,tcp:30080: any address.
 				_, m, _ = strings.Cut(m, ",")
 			}

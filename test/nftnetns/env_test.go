@@ -73,14 +73,27 @@ func feKey(fe agentspec.Frontend) []byte {
 
 // frontendState tells whether fe is programmed as wanted: with endpoints,
 // its key in a verdict map sending to a chain that DNATs to exactly
-// those; without, its key in a no-endpoint set and in no verdict map.
-func frontendState(o *ourObjects, fe agentspec.Frontend, want []netip.AddrPort) (bool, string) {
+// those; without, its key in a no-endpoint set and in no verdict map. With
+// noLocal (a Local traffic policy and no endpoint on the node, though the
+// Service has some), its key is in a no-local-endpoint set, and the chain
+// a verdict map may still send it to (external traffic from pods and the
+// node itself goes to every endpoint) DNATs outside traffic nowhere.
+func frontendState(o *ourObjects, fe agentspec.Frontend, want []netip.AddrPort, noLocal bool) (bool, string) {
 	if !o.exists {
 		return false, "no table ip " + ourTable
 	}
 	key := feKey(fe)
 	set, chain, dispatched := o.dispatch(key)
 	rejected := o.inPlainSet(key)
+	if noLocal {
+		switch {
+		case !slices.ContainsFunc(rejected, isNoLocalEndpointSet):
+			return false, fmt.Sprintf("%s in no no-local-endpoint set (in %v)", fe, rejected)
+		case dispatched && len(serviceEndpoints(o, chain)) > 0:
+			return false, fmt.Sprintf("%s sends %s to %s (endpoints %v)", set, fe, chain, serviceEndpoints(o, chain))
+		}
+		return true, ""
+	}
 	if len(want) == 0 {
 		switch {
 		case dispatched:
@@ -102,16 +115,51 @@ func frontendState(o *ourObjects, fe agentspec.Frontend, want []netip.AddrPort) 
 	if len(rejected) > 0 {
 		return false, fmt.Sprintf("%s dispatched to %s but also in %v", fe, chain, rejected)
 	}
-	if got := o.endpoints(chain); !slices.Equal(got, want) {
+	if got := serviceEndpoints(o, chain); !slices.Equal(got, want) {
 		return false, fmt.Sprintf("%s -> %s with endpoints %v", fe, chain, got)
 	}
 	return true, ""
 }
 
+// serviceEndpoints are the endpoints chain sends outside traffic to: its
+// own DNAT targets, or, for a chain that only dispatches (the external
+// chain of a Service with externalTrafficPolicy Local: pods and the node
+// to every endpoint, the rest to the node's), those of the chain its last
+// rule, an unconditional goto, leads to; none when there is no such rule
+// (no local endpoint).
+func serviceEndpoints(o *ourObjects, chain string) []netip.AddrPort {
+	if eps := o.endpoints(chain); len(eps) > 0 {
+		return eps
+	}
+	rules := o.rules[chain]
+	if len(rules) == 0 {
+		return nil
+	}
+	if v := bareGoto(rules[len(rules)-1]); v != "" {
+		return o.endpoints(v)
+	}
+	return nil
+}
+
+// bareGoto is the chain a rule made of a goto alone leads to, or "".
+func bareGoto(r *nftables.Rule) string {
+	if len(r.Exprs) != 1 {
+		return ""
+	}
+	if v, ok := r.Exprs[0].(*expr.Verdict); ok && v.Kind == expr.VerdictGoto {
+		return v.Chain
+	}
+	return ""
+}
+
+// isNoLocalEndpointSet: the sets whose frontends drop new connections for
+// want of an endpoint on the node.
+func isNoLocalEndpointSet(name string) bool { return strings.Contains(name, "no-local-endpoint") }
+
 func isNoEndpointSet(name string) bool { return strings.Contains(name, "no-endpoint") }
 
-func wantEndpoints(s agentspec.Service) []netip.AddrPort {
-	eps := agentspec.Endpoints(s.Backends)
+func wantEndpoints(bes []agentspec.Backend) []netip.AddrPort {
+	eps := agentspec.Endpoints(bes)
 	slices.SortFunc(eps, netip.AddrPort.Compare)
 	return eps
 }
@@ -119,10 +167,12 @@ func wantEndpoints(s agentspec.Service) []netip.AddrPort {
 func (d *nftDataplane) WaitProgrammed(t *testing.T, a *agentspec.Agent, svcs ...agentspec.Service) {
 	t.Helper()
 	for _, s := range svcs {
-		want := wantEndpoints(s)
 		for _, fe := range s.Frontends() {
-			a.Eventually(fmt.Sprintf("%s of %s with endpoints %v", fe, s.Name, want), agentspec.Deadline, func() (bool, string) {
-				return frontendState(d.read(t), fe, want)
+			ready, _ := s.Serving(fe, a.NodeName())
+			want := wantEndpoints(ready)
+			noLocal := len(ready) == 0 && len(s.Backends) > 0
+			a.Eventually(fmt.Sprintf("%s of %s with endpoints %v (no local endpoint: %v)", fe, s.Name, want, noLocal), agentspec.Deadline, func() (bool, string) {
+				return frontendState(d.read(t), fe, want, noLocal)
 			})
 		}
 	}
@@ -180,6 +230,20 @@ func (d *nftDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 		if isNoEndpointSet(name) {
 			for _, e := range o.elems[name] {
 				gotRejected[hex.EncodeToString(e.Key)] = name
+			}
+		}
+	}
+	// Chains a reached chain goes or jumps to are reached too (the local
+	// chain behind a Service's external chain).
+	for more := true; more; {
+		more = false
+		for chain := range reached {
+			for _, r := range o.rules[chain] {
+				for _, e := range r.Exprs {
+					if v, ok := e.(*expr.Verdict); ok && v.Chain != "" && !reached[v.Chain] {
+						reached[v.Chain], more = true, true
+					}
+				}
 			}
 		}
 	}

@@ -159,7 +159,7 @@ func (p *Proxier) createSet(ctx context.Context, ds DesiredSet, n *opCounts) (*k
 // at creation, so there is no in-place resize.
 func (p *Proxier) growSet(ctx context.Context, cur *knownSet, ds DesiredSet, n *opCounts) (_ *knownSet, err error) {
 	tmp := ds.Spec
-	tmp.Name = tempSetName(ds.Spec.Name)
+	tmp.Name = tempSetName(ds.Spec.Family, ds.Spec.Name)
 	// A temp set left by an interrupted grow would make Create fail.
 	if err := p.ipset.Destroy(tmp.Name); err != nil {
 		return nil, err
@@ -189,16 +189,17 @@ func (p *Proxier) growSet(ctx context.Context, cur *knownSet, ds DesiredSet, n *
 	return &knownSet{spec: ds.Spec, members: ds.Members}, nil
 }
 
-// removeStaleSets destroys owned sets Desired no longer lists (a temp set
-// of an interrupted grow, a set of an older version). A set still
-// referenced by a rule is left for a later sync.
+// removeStaleSets destroys this family's owned sets Desired no longer lists
+// (a temp set of an interrupted grow, a set of an older version). A set
+// still referenced by a rule is left for a later sync. The other family's
+// sets are not ours to judge (see ownsSet).
 func (p *Proxier) removeStaleSets(ctx context.Context, want DesiredState) error {
 	names, err := p.ipset.ListNames()
 	if err != nil {
 		return err
 	}
 	for _, name := range names {
-		if !isOwned(name) || want.Set(name) != nil {
+		if !ownsSet(p.cfg.Family, name) || want.Set(name) != nil {
 			continue
 		}
 		switch err := p.ipset.Destroy(name); {

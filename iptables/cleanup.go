@@ -7,9 +7,11 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Cleanup removes every hook, chain and set this package owns, found by
-// listing the kernel (not from memory: it works in a fresh process), and
-// nothing else. It keeps going after an error and returns them all joined;
+// Cleanup removes every hook, chain and set this package owns in the
+// Proxier's family (the chains in its Tables, the sets starting with the
+// family's prefix, see ownsSet), found by listing the kernel (not from
+// memory: it works in a fresh process), and nothing else. A dual-stack node
+// cleans up with one Proxier per family. It keeps going after an error and returns them all joined;
 // running it again is harmless.
 //
 // Order matters to the kernel: hooks first (a referenced chain cannot be
@@ -55,7 +57,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	}
 	destroyed := 0
 	for _, name := range names {
-		if !isOwned(name) {
+		if !ownsSet(p.cfg.Family, name) {
 			continue
 		}
 		if err := p.ipset.Destroy(name); err != nil && !IsNotFound(err) {

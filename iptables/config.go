@@ -8,8 +8,17 @@ import (
 // defaultMasqueradeBit is kube-proxy's --iptables-masquerade-bit default.
 const defaultMasqueradeBit = 14
 
-// Config is the node-level policy for masquerading service traffic.
+// Config is the node-level policy for masquerading service traffic, for
+// one IP family: a dual-stack node runs one Proxier per family (as
+// kube-proxy's IPVS mode runs one proxier per family), each with its own
+// Tables (iptables or ip6tables) and both on the same IPSet.
 type Config struct {
+	// Family is the IP family this Proxier programs: FamilyINet (the
+	// default when empty) or FamilyINet6. It selects the addresses taken
+	// from the model, the set names and families (see setName) and the
+	// loopback exemption; the Tables must be of the same family.
+	Family Family
+
 	// MasqueradeBit is the fwmark bit (0..31) marking packets for SNAT; nil
 	// means the default, 14 (0x4000), as kube-proxy. A pointer because bit
 	// 0 is a valid choice. It must not collide with bits other software on
@@ -23,7 +32,8 @@ type Config struct {
 	MasqueradeAll bool
 
 	// ClusterCIDRs are the pod networks; traffic from them to a cluster IP
-	// keeps its source address. Each family uses its own prefixes.
+	// keeps its source address. Only the prefixes of Family are used, so
+	// both families' Proxiers may be given the whole dual-stack list.
 	ClusterCIDRs []netip.Prefix
 
 	// ConntrackDropInvalid drops forwarded packets conntrack considers
@@ -45,6 +55,9 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
+	if c.Family == "" {
+		c.Family = FamilyINet
+	}
 	if c.MasqueradeBit == nil {
 		bit := defaultMasqueradeBit
 		c.MasqueradeBit = &bit
@@ -54,6 +67,9 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	c = c.withDefaults()
+	if c.Family != FamilyINet && c.Family != FamilyINet6 {
+		return fmt.Errorf("invalid family %q, want %q or %q", c.Family, FamilyINet, FamilyINet6)
+	}
 	if bit := *c.MasqueradeBit; bit < 0 || bit > 31 {
 		return fmt.Errorf("masquerade bit %d out of range 0..31", bit)
 	}

@@ -11,6 +11,8 @@ import (
 
 // DesiredState is everything this package wants in the kernel for a State.
 type DesiredState struct {
+	// Family is the IP family of the sets and the Tables the chains go to.
+	Family Family
 	// Sets are sorted by name; every owned set is listed, empty or not, so
 	// rules can reference any of them at any time.
 	Sets []DesiredSet
@@ -52,23 +54,26 @@ type Hook struct {
 	Rule  Rule
 }
 
-// Desired computes the sets, chains and hooks for st under cfg, for IPv4.
-// It is pure: same input, same output, no kernel access.
+// Desired computes the sets, chains and hooks for st under cfg, for
+// cfg.Family (IPv4 by default). It is pure: same input, same output, no
+// kernel access.
 func Desired(st *dataplane.State, cfg Config) DesiredState {
-	return desiredFamily(st, cfg, FamilyINet)
+	cfg = cfg.withDefaults()
+	return desiredFamily(st, cfg, cfg.Family)
 }
 
 // desiredFamily computes one family's state: only that family's addresses,
-// sets named for it (setName). IPv6 is computed and tested but not wired
-// yet: it needs an ip6tables Tables and a second Proxier (or a Proxier per
-// family), and the IPv6 sets live in the same ipset namespace as the IPv4
-// ones.
+// sets named for it (setName) and of its ipset family. Chains and hooks
+// have the same names in both families: they live in iptables or ip6tables,
+// which are separate tables; the IPv6 sets share the ipset namespace with
+// the IPv4 ones, hence their own names.
 func desiredFamily(st *dataplane.State, cfg Config, fam Family) DesiredState {
 	cfg = cfg.withDefaults()
 	members := collectMembers(st, fam)
 	sets := buildSets(members, fam)
 	nonEmpty := func(set string) bool { return len(members[set]) > 0 }
 	return DesiredState{
+		Family: fam,
 		Sets:   sets,
 		Chains: buildChains(cfg, fam, nonEmpty),
 		Hooks:  buildHooks(),

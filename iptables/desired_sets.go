@@ -88,6 +88,13 @@ func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struc
 		if !ok {
 			continue
 		}
+		// As the IPVS dataplane (and kube-proxy's per-family proxiers), a
+		// Service exists in a family only through a ClusterIP of that
+		// family: an IPv6-only Service's NodePort has no IPv4 virtual
+		// server, so it has no place in the IPv4 sets either.
+		if !slices.ContainsFunc(sp.ClusterIPs, func(ip netip.Addr) bool { _, ok := inFamily(ip); return ok }) {
+			continue
+		}
 		for _, ip := range sp.ClusterIPs {
 			if ip, ok := inFamily(ip); ok {
 				add(setClusterIP, IPPortMember(ip, proto, sp.Port))

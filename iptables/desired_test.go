@@ -53,12 +53,18 @@ func TestDesiredEmptyState(t *testing.T) {
 }
 
 func TestDesiredNamesFit(t *testing.T) {
-	for _, d := range setDefs(FamilyINet) {
-		if len(d.name) > maxSetNameLen || !isOwned(d.name) {
-			t.Errorf("set name %q: too long or not owned", d.name)
+	for _, fam := range []Family{FamilyINet, FamilyINet6} {
+		other := FamilyINet6
+		if fam == FamilyINet6 {
+			other = FamilyINet
 		}
-		if tmp := tempSetName(d.name); len(tmp) > maxSetNameLen || !isOwned(tmp) || tmp == d.name {
-			t.Errorf("temp set name %q for %q", tmp, d.name)
+		for _, d := range setDefs(fam) {
+			if len(d.name) > maxSetNameLen || !ownsSet(fam, d.name) || ownsSet(other, d.name) {
+				t.Errorf("%s set name %q: too long, not owned or owned by %s too", fam, d.name, other)
+			}
+			if tmp := tempSetName(fam, d.name); len(tmp) > maxSetNameLen || !ownsSet(fam, tmp) || ownsSet(other, tmp) || tmp == d.name {
+				t.Errorf("%s temp set name %q for %q", fam, tmp, d.name)
+			}
 		}
 	}
 	for _, c := range []string{chainServices, chainPostrouting, chainMarkMasq, chainClusterIP, chainNodePort, chainLoadBalancer, chainExternalIP, chainForward} {
@@ -168,7 +174,7 @@ func TestDesiredRulesCommented(t *testing.T) {
 	cfg := testConfig()
 	cfg.ClusterCIDRs = append(cfg.ClusterCIDRs, netip.MustParsePrefix("10.245.0.0/16"))
 	st := smallState(t)
-	addService(t, st, svc{ns: "x", name: "y", proto: dataplane.SCTP, svcPort: 1, nodePort: 30001, lbIPs: []string{"198.51.100.1"}, externalIPs: []string{"192.0.2.1"}, local: true})
+	addService(t, st, svc{ns: "x", name: "y", proto: dataplane.SCTP, svcPort: 1, nodePort: 30001, clusterIPs: []string{"10.96.0.1"}, lbIPs: []string{"198.51.100.1"}, externalIPs: []string{"192.0.2.1"}, local: true})
 	d := Desired(st, cfg)
 	for _, c := range d.Chains {
 		for _, r := range c.Rules {
@@ -184,7 +190,7 @@ func TestDesiredRulesCommented(t *testing.T) {
 	}
 }
 
-// IPv6 is computed like IPv4 with its own set names (not wired yet).
+// IPv6 is computed like IPv4 with its own set names.
 func TestDesiredIPv6Family(t *testing.T) {
 	st := newState(t, svc{ns: "default", name: "dual", proto: dataplane.SCTP, svcPort: 80, nodePort: 30080, local: true,
 		clusterIPs: []string{"10.96.0.10", "fd00:96::10"}, lbIPs: []string{"2001:db8::10"}, endpoints: []string{"[fd00:244::2]:8080", "10.244.1.2:8080"}})

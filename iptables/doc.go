@@ -15,9 +15,26 @@
 //     difference (never flushing a set, rewriting a chain only when its rules
 //     differ).
 //
-// Every object it owns is named SWITCHYARD-* (sets, chains) or carries a
-// "switchyard ..." comment (the jumps from built-in chains); everything else
-// is left alone, by Sync and by Cleanup.
+// Every object it owns is named SWITCHYARD-* (IPv4 sets, chains),
+// SWITCHYARD6-* (IPv6 sets) or carries a "switchyard ..." comment (the
+// jumps from built-in chains); everything else is left alone, by Sync and
+// by Cleanup.
+//
+// # Dual stack
+//
+// A Proxier programs one IP family (Config.Family), as each of kube-proxy's
+// per-family IPVS proxiers does: a dual-stack node runs two, an IPv4 one on
+// iptables and an IPv6 one on ip6tables (NewTables(WithFamily(FamilyINet6))),
+// sharing the ipsets. Each takes only its family's addresses from the model
+// (a Service counts in a family only through a ClusterIP of that family, as
+// in the IPVS dataplane) and its family's Config.ClusterCIDRs. Chains have
+// the same names in both families, since iptables and ip6tables have
+// separate tables; sets do not, since ipset names are per network
+// namespace: IPv6 sets are SWITCHYARD6-<name> of family inet6 (kube-proxy
+// names them KUBE-6-<name>; a prefix disjoint from SWITCHYARD- lets each
+// family own exactly the sets with its prefix, so neither Proxier's stale
+// set removal or Cleanup touches the other family's sets). The agent adds
+// the IPv6 Proxier when ProbeIPv6 finds IPv6 usable on the node.
 //
 // # What gets masqueraded
 //

@@ -20,8 +20,10 @@ type FakeIPSet struct {
 	mu   sync.Mutex
 	sets map[string]*fakeSet
 	ops  []string
-	// inUse reports whether a rule references the set; set by NewFakeTables.
-	inUse func(name string) bool
+	// inUse report whether a rule references the set, one per linked
+	// FakeTables (an IPv4 and an IPv6 one may share the sets, as iptables
+	// and ip6tables share the kernel's ipsets); added by NewFakeTables.
+	inUse []func(name string) bool
 }
 
 type fakeSet struct {
@@ -150,7 +152,10 @@ func (f *FakeIPSet) Swap(a, b string) error {
 func (f *FakeIPSet) Destroy(name string) error {
 	// Ask the tables first, without our lock: FakeTables takes its own lock
 	// and asks us whether sets exist.
-	inUse := f.inUse != nil && f.inUse(name)
+	inUse := false
+	for _, used := range f.inUse {
+		inUse = inUse || used(name)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.ops = append(f.ops, "destroy "+name)
@@ -165,10 +170,19 @@ func (f *FakeIPSet) Destroy(name string) error {
 }
 
 func (f *FakeIPSet) exists(name string) bool {
+	_, ok := f.family(name)
+	return ok
+}
+
+// family returns the family of set name, false if there is no such set.
+func (f *FakeIPSet) family(name string) (Family, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	_, ok := f.sets[name]
-	return ok
+	s, ok := f.sets[name]
+	if !ok {
+		return "", false
+	}
+	return s.spec.Family, true
 }
 
 // Ops returns the mutating calls made so far ("add SET MEMBER", ...),

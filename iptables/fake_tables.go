@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -14,7 +15,11 @@ import (
 // known target; positions are checked; a `--match-set` must name an existing
 // set of the linked FakeIPSet; and, as the kernel does for nat, MASQUERADE
 // and SNAT are refused in chains reachable from anywhere but POSTROUTING
-// (DNAT: from anywhere but PREROUTING and OUTPUT). Dump is deterministic.
+// (DNAT: from anywhere but PREROUTING and OUTPUT). It is of one family, as
+// iptables and ip6tables are: -s/-d addresses of the other family are
+// refused, and so is a `--match-set` naming a set of the other family
+// (iptables refuses it: "The protocol family of set ... is not
+// applicable"; the kernel would never match it). Dump is deterministic.
 //
 // It does not evaluate matches: rules are compared as token lists, exactly
 // as the real Tables compares what `iptables -S` prints.
@@ -22,6 +27,7 @@ type FakeTables struct {
 	mu          sync.Mutex
 	tables      map[string]map[string]*fakeChain
 	sets        *FakeIPSet
+	fam         Family
 	randomFully bool
 	ops         []string
 }
@@ -49,8 +55,13 @@ func isBuiltinTarget(target string) bool {
 // NewFakeTables returns fake nat and filter tables with empty built-in
 // chains. When sets is not nil, `--match-set` references are checked
 // against it and sets references it cannot be destroyed.
-func NewFakeTables(sets *FakeIPSet) *FakeTables {
-	f := &FakeTables{tables: map[string]map[string]*fakeChain{}, sets: sets, randomFully: true}
+func NewFakeTables(sets *FakeIPSet) *FakeTables { return NewFakeTablesFamily(FamilyINet, sets) }
+
+// NewFakeTablesFamily is NewFakeTables for family fam: FamilyINet6 fakes
+// ip6tables. An IPv4 and an IPv6 fake may share one FakeIPSet, as the two
+// families share the kernel's sets.
+func NewFakeTablesFamily(fam Family, sets *FakeIPSet) *FakeTables {
+	f := &FakeTables{tables: map[string]map[string]*fakeChain{}, sets: sets, fam: fam, randomFully: true}
 	for _, t := range tableNames() {
 		f.tables[t] = map[string]*fakeChain{}
 		for _, c := range builtinChains(t) {
@@ -58,10 +69,15 @@ func NewFakeTables(sets *FakeIPSet) *FakeTables {
 		}
 	}
 	if sets != nil {
-		sets.inUse = f.referencesSet
+		sets.mu.Lock()
+		sets.inUse = append(sets.inUse, f.referencesSet)
+		sets.mu.Unlock()
 	}
 	return f
 }
+
+// Family returns the fake's IP family.
+func (f *FakeTables) Family() Family { return f.fam }
 
 // SetRandomFully sets what HasRandomFully reports (default true).
 func (f *FakeTables) SetRandomFully(v bool) { f.randomFully = v }
@@ -295,13 +311,47 @@ func (f *FakeTables) checkTarget(table, chain string, r Rule) error {
 	return nil
 }
 
-// checkSets refuses a rule naming a set that does not exist.
+// checkSets refuses a rule naming a set that does not exist or is of the
+// other family, and a rule with an address of the other family.
 func (f *FakeTables) checkSets(r Rule) error {
+	if err := f.checkAddrs(r); err != nil {
+		return err
+	}
 	if f.sets == nil {
 		return nil
 	}
-	if name := r.value("--match-set"); name != "" && !f.sets.exists(name) {
-		return fmt.Errorf("%w: set %s doesn't exist", ErrNotFound, name)
+	if name := r.value("--match-set"); name != "" {
+		fam, ok := f.sets.family(name)
+		if !ok {
+			return fmt.Errorf("%w: set %s doesn't exist", ErrNotFound, name)
+		}
+		if fam != f.fam {
+			return fmt.Errorf("the protocol family of set %s is %s, which is not applicable in %s tables", name, fam, f.fam)
+		}
+	}
+	return nil
+}
+
+// checkAddrs refuses -s and -d values that are not an address or prefix of
+// the fake's family, as iptables ("host/network not found") and ip6tables
+// do.
+func (f *FakeTables) checkAddrs(r Rule) error {
+	for i := 0; i+1 < len(r); i++ {
+		if r[i] != "-s" && r[i] != "-d" {
+			continue
+		}
+		v := r[i+1]
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(v)
+			if aerr != nil {
+				return fmt.Errorf("host/network `%s' not found", v)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Is4() != (f.fam != FamilyINet6) {
+			return fmt.Errorf("host/network `%s' not found: not a %s address", v, f.fam)
+		}
 	}
 	return nil
 }

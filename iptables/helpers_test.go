@@ -151,7 +151,7 @@ func ownedDump(t testing.TB, sets IPSet, tables Tables, want DesiredState) strin
 		t.Fatal(err)
 	}
 	for _, name := range names {
-		if isOwned(name) && want.Set(name) == nil {
+		if ownsSet(want.Family, name) && want.Set(name) == nil {
 			t.Errorf("unexpected owned set %s", name)
 		}
 	}

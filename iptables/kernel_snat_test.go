@@ -231,7 +231,7 @@ func testKernelSNAT(t *testing.T, binary string) {
 		if len(s.Members) != 70001 || s.MaxElem != 262144 {
 			t.Errorf("loop-back set: %d members, maxelem %d; want 70001, 262144", len(s.Members), s.MaxElem)
 		}
-		if _, err := topo.sets.Get(tempSetName(setLoopBack)); !IsNotFound(err) {
+		if _, err := topo.sets.Get(tempSetName(FamilyINet, setLoopBack)); !IsNotFound(err) {
 			t.Errorf("temp set left behind: %v", err)
 		}
 		// Steady state: a partial sync trusts the cached members; a full one

@@ -2,10 +2,17 @@ package iptables
 
 import "strings"
 
-// ownedPrefix starts the name of every set and chain this package owns;
-// ownedPrefix6 starts IPv6 set names (ipset names are per network
-// namespace, not per family). Cleanup and stale-object removal only ever
-// touch names with these prefixes.
+// ownedPrefix starts the name of every chain this package owns and of every
+// IPv4 set; ownedPrefix6 starts IPv6 set names. Cleanup and stale-object
+// removal only ever touch names with these prefixes.
+//
+// ipset names are per network namespace, not per family, so the IPv6 sets
+// need names of their own. kube-proxy inserts "6-" after its prefix
+// (KUBE-6-CLUSTER-IP); we use SWITCHYARD6- instead, a prefix disjoint from
+// SWITCHYARD-: each family's Proxier owns exactly the sets starting with its
+// prefix (ownsSet), so neither ever destroys, as stale, a set the other
+// family's Proxier uses. Chains keep the same names in both families:
+// iptables and ip6tables have separate tables.
 const (
 	ownedPrefix  = "SWITCHYARD-"
 	ownedPrefix6 = "SWITCHYARD6-"
@@ -75,10 +82,24 @@ const (
 // maxSetNameLen is IPSET_MAXNAMELEN (32) minus the NUL.
 const maxSetNameLen = 31
 
-// isOwned reports whether a set or chain name belongs to this package.
+// isOwned reports whether a set or chain name belongs to this package,
+// whatever its family.
 func isOwned(name string) bool {
 	return strings.HasPrefix(name, ownedPrefix) || strings.HasPrefix(name, ownedPrefix6)
 }
+
+// setPrefix starts the name of every set of family fam.
+func setPrefix(fam Family) string {
+	if fam == FamilyINet6 {
+		return ownedPrefix6
+	}
+	return ownedPrefix
+}
+
+// ownsSet reports whether set name belongs to the Proxier of family fam.
+// The prefixes are disjoint: the IPv4 Proxier never touches IPv6 sets
+// (they may be referenced from ip6tables) and the reverse.
+func ownsSet(fam Family, name string) bool { return strings.HasPrefix(name, setPrefix(fam)) }
 
 // setName returns the name in family fam of the set whose IPv4 name is
 // base: unchanged for IPv4, SWITCHYARD6-... for IPv6, with LOCAL shortened
@@ -94,10 +115,11 @@ func setName(fam Family, base string) string {
 	return name
 }
 
-// tempSetName names the scratch set used to grow set name. It must be short
-// enough for IPSET_MAXNAMELEN whatever name's length, and owned, so a temp
-// set left by a crash is destroyed by the next full sync or Cleanup.
-func tempSetName(name string) string {
+// tempSetName names the scratch set used to grow set name of family fam.
+// It must be short enough for IPSET_MAXNAMELEN whatever name's length, and
+// owned by fam's Proxier, so a temp set left by a crash is destroyed by the
+// next full sync or Cleanup of that family.
+func tempSetName(fam Family, name string) string {
 	// FNV-1a: deterministic, so a leftover from a crash is found and reused.
 	h := uint32(2166136261)
 	for i := 0; i < len(name); i++ {
@@ -105,7 +127,7 @@ func tempSetName(name string) string {
 		h *= 16777619
 	}
 	const hex = "0123456789abcdef"
-	b := []byte(ownedPrefix + "TMP-00000000")
+	b := []byte(setPrefix(fam) + "TMP-00000000")
 	for i := 0; i < 8; i++ {
 		b[len(b)-1-i] = hex[h&0xf]
 		h >>= 4

@@ -31,7 +31,9 @@ type Proxier struct {
 
 var _ dataplane.Dataplane = (*Proxier)(nil)
 
-// NewProxier returns a Proxier programming through ipset and tables.
+// NewProxier returns a Proxier for cfg.Family programming through ipset and
+// tables; tables must be of that family (NewTables(WithFamily(...)) or
+// NewFakeTablesFamily), which is checked when tables reports its family.
 // sysctl may be nil unless cfg.ConntrackTCPBeLiberal is set. Nothing is
 // changed in the kernel until Sync or Cleanup.
 func NewProxier(cfg Config, ipset IPSet, tables Tables, sysctl Sysctl) (*Proxier, error) {
@@ -45,11 +47,24 @@ func NewProxier(cfg Config, ipset IPSet, tables Tables, sysctl Sysctl) (*Proxier
 		return nil, fmt.Errorf("iptables proxier: %w", err)
 	}
 	cfg = cfg.withDefaults()
+	if f, ok := tables.(interface{ Family() Family }); ok && f.Family() != cfg.Family {
+		return nil, fmt.Errorf("iptables proxier: %s tables for a %s proxier", f.Family(), cfg.Family)
+	}
 	cfg.RandomFully = tables.HasRandomFully()
 	return &Proxier{cfg: cfg, ipset: ipset, tables: tables, sysctl: sysctl}, nil
 }
 
-func (p *Proxier) Name() string { return "iptables" }
+// Name is "iptables" for IPv4 and "ip6tables" for IPv6, so the two parts
+// of a dual-stack chain are told apart in logs and errors.
+func (p *Proxier) Name() string {
+	if p.cfg.Family == FamilyINet6 {
+		return "ip6tables"
+	}
+	return "iptables"
+}
+
+// Family returns the IP family the Proxier programs.
+func (p *Proxier) Family() Family { return p.cfg.Family }
 
 // Sync makes the kernel match Desired(st): sets first (so every rule can
 // reference them), then chains leaves first, then the hooks, then removal

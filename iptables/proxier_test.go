@@ -231,7 +231,7 @@ func TestSetGrowsPast65536(t *testing.T) {
 		if len(s.Members) != tc.endpoints+3 || s.MaxElem != tc.wantMaxElem {
 			t.Errorf("%d endpoints: set has %d members, maxelem %d; want %d, %d", tc.endpoints, len(s.Members), s.MaxElem, tc.endpoints+3, tc.wantMaxElem)
 		}
-		tmp := tempSetName(setLoopBack)
+		tmp := tempSetName(FamilyINet, setLoopBack)
 		var onLive []string
 		for _, op := range k.sets.Ops() {
 			if strings.Contains(op, " "+setLoopBack) {
@@ -281,7 +281,7 @@ func TestStaleOwnedObjectsRemoved(t *testing.T) {
 	p := k.proxier(t, testConfig())
 	st := smallState(t)
 	fullSync(t, p, st)
-	tmp := tempSetName(setLoopBack)
+	tmp := tempSetName(FamilyINet, setLoopBack)
 	if err := k.sets.Create(SetSpec{Name: tmp, Type: HashIPPortIP, Family: FamilyINet, MaxElem: 1 << 17}); err != nil {
 		t.Fatal(err)
 	}

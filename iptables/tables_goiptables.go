@@ -14,6 +14,7 @@ import (
 type GoIPTables struct {
 	ipt *goiptables.IPTables
 	run nsRunner
+	fam Family
 }
 
 var _ Tables = (*GoIPTables)(nil)
@@ -26,6 +27,14 @@ type tablesConfig struct {
 	ns          netns.NsHandle
 	hasNS       bool
 	lockTimeout int
+	fam         Family
+}
+
+// WithFamily selects the IP family: FamilyINet (default) runs iptables,
+// FamilyINet6 ip6tables (its default binary becomes "ip6tables"; with
+// WithBinary, pass an ip6tables binary such as "ip6tables-legacy").
+func WithFamily(fam Family) TablesOption {
+	return func(c *tablesConfig) { c.fam = fam }
 }
 
 // WithBinary selects the iptables binary, e.g. "iptables-legacy" or
@@ -40,30 +49,48 @@ func WithNetNS(ns netns.NsHandle) TablesOption {
 	return func(c *tablesConfig) { c.ns, c.hasNS = ns, true }
 }
 
-// NewTables returns a Tables for IPv4. The xtables lock (legacy backend) is
+// NewTables returns a Tables for IPv4, or IPv6 WithFamily. The xtables lock (legacy backend) is
 // waited for at most 5 seconds per call, so a stuck holder fails the sync
 // (and the runner retries) instead of hanging it.
 func NewTables(opts ...TablesOption) (*GoIPTables, error) {
-	cfg := tablesConfig{lockTimeout: 5}
+	cfg := tablesConfig{lockTimeout: 5, fam: FamilyINet}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	proto := goiptables.ProtocolIPv4
+	switch cfg.fam {
+	case FamilyINet:
+	case FamilyINet6:
+		proto = goiptables.ProtocolIPv6
+	default:
+		return nil, fmt.Errorf("iptables: invalid family %q", cfg.fam)
 	}
 	var ipt *goiptables.IPTables
 	var err error
 	// go-iptables' option type is unexported, so the calls differ.
 	if cfg.binary != "" {
-		ipt, err = goiptables.New(goiptables.IPFamily(goiptables.ProtocolIPv4), goiptables.Timeout(cfg.lockTimeout), goiptables.Path(cfg.binary))
+		ipt, err = goiptables.New(goiptables.IPFamily(proto), goiptables.Timeout(cfg.lockTimeout), goiptables.Path(cfg.binary))
 	} else {
-		ipt, err = goiptables.New(goiptables.IPFamily(goiptables.ProtocolIPv4), goiptables.Timeout(cfg.lockTimeout))
+		ipt, err = goiptables.New(goiptables.IPFamily(proto), goiptables.Timeout(cfg.lockTimeout))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("iptables: %w", err)
+		return nil, fmt.Errorf("%s: %w", binaryName(cfg.fam), err)
 	}
-	t := &GoIPTables{ipt: ipt, run: runHere}
+	t := &GoIPTables{ipt: ipt, run: runHere, fam: cfg.fam}
 	if cfg.hasNS {
 		t.run = runInNetNS(cfg.ns)
 	}
 	return t, nil
+}
+
+// Family returns the IP family the Tables programs.
+func (t *GoIPTables) Family() Family { return t.fam }
+
+func binaryName(fam Family) string {
+	if fam == FamilyINet6 {
+		return "ip6tables"
+	}
+	return "iptables"
 }
 
 func (t *GoIPTables) ListChains(table string) ([]string, error) {

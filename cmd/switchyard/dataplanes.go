@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -45,10 +46,20 @@ func newDataplane(cfg *config) (dataplane.Dataplane, error) {
 // it used. Parts that cannot be set up (no IPVS) own nothing to clean.
 func newCleanupDataplane(cfg *config) (dataplane.Dataplane, error) {
 	var parts dataplane.Chain
-	if snat, err := newSNAT(cfg); err == nil {
+	if snat, err := newSNAT(cfg, iptables.FamilyINet); err == nil {
 		parts = append(parts, snat)
 	} else {
 		klog.InfoS("Skipping iptables cleanup", "reason", err)
+	}
+	// IPv6 objects of an earlier run may be there even when IPv6 is
+	// disabled now (ip6tables and inet6 ipsets work regardless of
+	// disable_ipv6): only a kernel without IPv6 has none.
+	if v6 := iptables.ProbeIPv6(procSys); !v6.InKernel {
+		klog.InfoS("Skipping ip6tables cleanup", "reason", v6.Reason)
+	} else if snat6, err := newSNAT(cfg, iptables.FamilyINet6); err == nil {
+		parts = append(parts, snat6)
+	} else {
+		klog.InfoS("Skipping ip6tables cleanup", "reason", err)
 	}
 	// Only with IPVS in the kernel: opening a handle would otherwise load
 	// ip_vs (moby/ipvs runs modprobe) and log errors, and without IPVS there
@@ -82,19 +93,33 @@ func newNFTables(cfg *config) (*nftables.Proxier, error) {
 	return p, nil
 }
 
+// procSys is where the node's sysctls are read.
+const procSys = "/proc/sys"
+
 // newIPVSDataplane builds the IPVS dataplane: ipsets and iptables
 // masquerade marking first (the sets must exist before traffic can match
-// them), then IPVS virtual servers and the dummy link.
+// them), per family as kube-proxy's IPVS mode (IPv4 always; IPv6 when the
+// node has it and ip6tables works), then IPVS virtual servers, which serve
+// both families, and the dummy link.
 func newIPVSDataplane(cfg *config) (dataplane.Dataplane, error) {
-	snat, err := newSNAT(cfg)
+	snat, err := newSNAT(cfg, iptables.FamilyINet)
 	if err != nil {
 		return nil, err
+	}
+	chain := dataplane.Chain{snat}
+	if v6 := iptables.ProbeIPv6(procSys); !v6.Usable() {
+		klog.InfoS("No IPv6 on this node, masquerading IPv4 service traffic only", "reason", v6.Reason)
+	} else if snat6, err := newSNAT(cfg, iptables.FamilyINet6); err != nil {
+		// As kube-proxy without ip6tables support: single-stack.
+		klog.InfoS("Cannot program ip6tables, masquerading IPv4 service traffic only", "err", err)
+	} else {
+		chain = append(chain, snat6)
 	}
 	ipvsDP, err := newIPVS(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return dataplane.Chain{snat, ipvsDP}, nil
+	return append(chain, ipvsDP), nil
 }
 
 func newIPVS(cfg *config) (*ipvs.Proxier, error) {
@@ -117,20 +142,39 @@ func newIPVS(cfg *config) (*ipvs.Proxier, error) {
 	}, handle, ipvs.NewNetlinkLinks(nl, cfg.dummyLink), ipvs.ProcSysctl{})
 }
 
-func newSNAT(cfg *config) (*iptables.Proxier, error) {
+// newSNAT builds the ipset and iptables (ip6tables for FamilyINet6) part of
+// the IPVS dataplane for one family, with that family's cluster CIDRs.
+func newSNAT(cfg *config, fam iptables.Family) (*iptables.Proxier, error) {
+	what := "snat"
+	if fam == iptables.FamilyINet6 {
+		what = "snat ipv6"
+	}
 	sets, err := iptables.NewNetlinkIPSet()
 	if err != nil {
-		return nil, fmt.Errorf("snat: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	tables, err := iptables.NewTables()
+	tables, err := iptables.NewTables(iptables.WithFamily(fam))
 	if err != nil {
-		return nil, fmt.Errorf("snat: %w", err)
+		sets.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	return iptables.NewProxier(iptables.Config{
+	var cidrs []netip.Prefix
+	for _, p := range cfg.clusterCIDRs {
+		if p.Addr().Unmap().Is4() == (fam == iptables.FamilyINet) {
+			cidrs = append(cidrs, p)
+		}
+	}
+	p, err := iptables.NewProxier(iptables.Config{
+		Family:                fam,
 		MasqueradeBit:         &cfg.masqueradeBit,
 		MasqueradeAll:         cfg.masqueradeAll,
-		ClusterCIDRs:          cfg.clusterCIDRs,
+		ClusterCIDRs:          cidrs,
 		ConntrackDropInvalid:  cfg.conntrackDropInvalid,
 		ConntrackTCPBeLiberal: cfg.conntrackTCPBeLiberal,
 	}, sets, tables, iptables.NewProcSysctl())
+	if err != nil {
+		sets.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return p, nil
 }

@@ -2,12 +2,14 @@ package nftnetns
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -316,32 +318,52 @@ type ourObjects struct {
 	rules  map[string][]*nftables.Rule      // by chain name
 }
 
-// readOurs reads the agent's table (ip switchyard) in ns.
+// readOurs reads the agent's table (ip switchyard) in ns. The agent may
+// commit a transaction between two of the dump requests (an anonymous map
+// listed by GetSets is gone by GetSetElements: ENOENT), so such a torn read
+// is retried, bounded; any other error fails the test.
 func readOurs(t *testing.T, ns *netnstest.NS) *ourObjects {
+	t.Helper()
+	var err error
+	for attempt := 0; attempt < 50; attempt++ {
+		var o *ourObjects
+		if o, err = readOursOnce(t, ns); err == nil {
+			return o
+		}
+		if !errors.Is(err, unix.ENOENT) && !strings.Contains(err.Error(), "no such file or directory") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("read %s: %v", ourTable, err)
+	return nil
+}
+
+func readOursOnce(t *testing.T, ns *netnstest.NS) (*ourObjects, error) {
 	t.Helper()
 	c := nftConn(t, ns)
 	o := &ourObjects{sets: map[string]*nftables.Set{}, elems: map[string][]nftables.SetElement{}, rules: map[string][]*nftables.Rule{}}
 	ts := tables(t, c, func(tb *nftables.Table) bool { return tb.Family == nftables.TableFamilyIPv4 && tb.Name == ourTable })
 	if len(ts) == 0 {
-		return o
+		return o, nil
 	}
 	o.exists, o.table = true, ts[0]
 	sets, err := c.GetSets(o.table)
 	if err != nil {
-		t.Fatalf("sets of %s: %v", ourTable, err)
+		return nil, fmt.Errorf("sets of %s: %w", ourTable, err)
 	}
 	for _, s := range sets {
 		o.sets[s.Name] = s
 		if o.elems[s.Name], err = c.GetSetElements(s); err != nil {
-			t.Fatalf("elements of %s: %v", s.Name, err)
+			return nil, fmt.Errorf("elements of %s: %w", s.Name, err)
 		}
 	}
 	for _, ch := range chains(t, c, o.table) {
 		if o.rules[ch.Name], err = c.GetRules(o.table, ch); err != nil {
-			t.Fatalf("rules of %s: %v", ch.Name, err)
+			return nil, fmt.Errorf("rules of %s: %w", ch.Name, err)
 		}
 	}
-	return o
+	return o, nil
 }
 
 // verdictMaps are the named maps with verdicts (the Service dispatch

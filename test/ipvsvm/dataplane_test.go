@@ -641,6 +641,25 @@ func TestVMProxierDualStack(t *testing.T) {
 			t.Errorf("IPv4 backend %s on the IPv6 virtual server", a)
 		}
 	}
+	// IPv6 needs a moment the test setup does not control: the kernel
+	// installs the local route of an address on the (down) dummy link from
+	// its address-configuration work queue (ENETUNREACH until then), and
+	// neighbour discovery towards the backends waits for the veths'
+	// automatic link-local addresses to finish DAD (~1-2 s; a connect
+	// times out until then). Wait for both, bounded, before counting.
+	// Round robin alternates backends: two successes in a row reached both.
+	for deadline, ok := time.Now().Add(10*time.Second), 0; ok < 2; time.Sleep(100 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(vip6, 80).String(), time.Second)
+		if err == nil {
+			c.Close()
+			ok++
+			continue
+		}
+		ok = 0
+		if time.Now().After(deadline) {
+			t.Fatalf("IPv6 VIP not reachable from the node: %v", err)
+		}
+	}
 	expectEven(t, "IPv6 from the node", requestIDs(t, nil, "tcp", netip.AddrPortFrom(vip6, 80).String(), 4, netip.Addr{}), 2)
 	expectEven(t, "IPv4 from the node", requestIDs(t, nil, "tcp", net.JoinHostPort(clusterIP.String(), "80"), 4, netip.Addr{}), 2)
 }

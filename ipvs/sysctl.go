@@ -4,63 +4,43 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/sysctl"
 )
 
 // Sysctl reads and writes kernel parameters by their /proc/sys path, e.g.
-// "net/ipv4/ip_forward". A missing key wraps ErrNotFound.
-type Sysctl interface {
-	Get(key string) (string, error)
-	Set(key, value string) error
-}
+// "net/ipv4/ip_forward". ProcSysctl and FakeSysctl wrap ErrNotFound for a
+// missing key.
+type Sysctl = sysctl.Interface
 
-// ProcSysctl implements Sysctl on /proc/sys. Note that /proc/sys/net shows
-// the network namespace of the process that opened it, whatever Links and
-// Handle target.
+// ProcSysctl implements Sysctl on /proc/sys (see sysctl.Proc). Note that
+// /proc/sys/net shows the network namespace of the process that opened it,
+// whatever Links and Handle target.
 type ProcSysctl struct {
 	// Root is the sysctl directory, "/proc/sys" when empty.
 	Root string
 }
 
-func (p ProcSysctl) path(key string) string {
-	root := p.Root
-	if root == "" {
-		root = "/proc/sys"
-	}
-	return filepath.Join(root, filepath.FromSlash(key))
-}
-
 func (p ProcSysctl) Get(key string) (string, error) {
-	b, err := os.ReadFile(p.path(key))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("sysctl %s: %w", key, ErrNotFound)
-		}
-		return "", fmt.Errorf("sysctl %s: %w", key, err)
-	}
-	return strings.TrimSpace(string(b)), nil
+	v, err := sysctl.NewRoot(p.Root).Get(key)
+	return v, mapSysctlErr(err)
 }
 
 func (p ProcSysctl) Set(key, value string) error {
-	// No O_CREATE: a missing key means a missing module, not a file to make.
-	f, err := os.OpenFile(p.path(key), os.O_WRONLY|os.O_TRUNC, 0)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("sysctl %s: %w", key, ErrNotFound)
-		}
-		return fmt.Errorf("sysctl %s: %w", key, err)
+	return mapSysctlErr(sysctl.NewRoot(p.Root).Set(key, value))
+}
+
+// mapSysctlErr makes a missing key (fs.ErrNotExist) also wrap ErrNotFound,
+// like ipvs's other kernel clients.
+func mapSysctlErr(err error) error {
+	if err != nil && errors.Is(err, fs.ErrNotExist) && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w (%w)", err, ErrNotFound)
 	}
-	_, werr := f.WriteString(value + "\n")
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr); err != nil {
-		return fmt.Errorf("sysctl %s: %w", key, err)
-	}
-	return nil
+	return err
 }
 
 const (

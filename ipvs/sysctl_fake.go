@@ -1,28 +1,20 @@
 package ipvs
 
-import (
-	"fmt"
-	"maps"
-	"slices"
-	"strings"
-	"sync"
-)
+import "github.com/switchyard/switchyard/sysctl"
 
-// FakeSysctl is an in-memory /proc/sys. Keys that were never set are
-// missing (ErrNotFound on Get and Set, as when a module is not loaded);
-// ReadOnly keys refuse writes.
+// FakeSysctl is an in-memory /proc/sys (see sysctl.Fake). Keys that were
+// never set are missing (ErrNotFound on Get and Set, as when a module is
+// not loaded); ReadOnly keys refuse writes. Sets and Dump come from
+// sysctl.Fake.
 type FakeSysctl struct {
-	mu       sync.Mutex
-	values   map[string]string
-	ReadOnly map[string]bool
-	sets     []string
+	*sysctl.Fake
 }
 
 var _ Sysctl = (*FakeSysctl)(nil)
 
 // NewFakeSysctl returns a fake holding initial.
 func NewFakeSysctl(initial map[string]string) *FakeSysctl {
-	return &FakeSysctl{values: maps.Clone(initial), ReadOnly: map[string]bool{}}
+	return &FakeSysctl{sysctl.NewFake(initial)}
 }
 
 // NewFakeIPVSSysctl returns a fake with the keys of a 6.1 kernel with
@@ -41,43 +33,10 @@ func NewFakeIPVSSysctl() *FakeSysctl {
 }
 
 func (f *FakeSysctl) Get(key string) (string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	v, ok := f.values[key]
-	if !ok {
-		return "", fmt.Errorf("sysctl %s: %w", key, ErrNotFound)
-	}
-	return v, nil
+	v, err := f.Fake.Get(key)
+	return v, mapSysctlErr(err)
 }
 
 func (f *FakeSysctl) Set(key, value string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.sets = append(f.sets, key+"="+value)
-	if _, ok := f.values[key]; !ok {
-		return fmt.Errorf("sysctl %s: %w", key, ErrNotFound)
-	}
-	if f.ReadOnly[key] {
-		return fmt.Errorf("sysctl %s: permission denied", key)
-	}
-	f.values[key] = value
-	return nil
-}
-
-// Sets returns every write attempted, as "key=value".
-func (f *FakeSysctl) Sets() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.sets)
-}
-
-// Dump lists every key=value in key order.
-func (f *FakeSysctl) Dump() string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(f.values)) {
-		b.WriteString(k + "=" + f.values[k] + "\n")
-	}
-	return b.String()
+	return mapSysctlErr(f.Fake.Set(key, value))
 }

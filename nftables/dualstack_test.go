@@ -12,6 +12,7 @@ import (
 	"github.com/go-logr/logr/funcr"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/sysctl"
 )
 
 // TestKernelGoldenIPv6 programs IPv6 and dual-stack States (both tables),
@@ -186,9 +187,9 @@ func TestNoIPv6(t *testing.T) {
 		k := newKernelNS(t, "sy-nft-no6")
 		// An ip6 table from a run while IPv6 was on.
 		mustSync(t, k.proxier(t, Config{}), newState(dual), full)
-		sysctl := NewProcSysctlAt(k.ns.NsHandle())
+		sc := sysctl.NewAt(k.ns.NsHandle())
 		for _, name := range []string{"net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6"} {
-			if err := sysctl.Set(name, "1"); err != nil {
+			if err := sc.Set(name, "1"); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -224,7 +225,7 @@ func TestNoIPv6(t *testing.T) {
 		var logs logSink
 		ctx := logr.NewContext(context.Background(), logs.logger())
 		// The kernel of ipv6.disable=1 has no net/ipv6 sysctls.
-		p, err := NewProxier(Config{}, k.conn, &fakeSysctl{values: map[string]string{}})
+		p, err := NewProxier(Config{}, k.conn, sysctl.NewFake(nil))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/sysctl"
 	"github.com/switchyard/switchyard/test/netnstest"
 )
 
@@ -227,7 +228,7 @@ func openConn(t testing.TB, ns *netnstest.NS) *NetlinkConn {
 func (k *kernelNS) proxier(t testing.TB, cfg Config) *Proxier {
 	t.Helper()
 	k.cnt = &countingConn{Conn: k.conn}
-	p, err := NewProxier(cfg, k.cnt, NewProcSysctlAt(k.ns.NsHandle()))
+	p, err := NewProxier(cfg, k.cnt, sysctl.NewAt(k.ns.NsHandle()))
 	if err != nil {
 		t.Fatal(err)
 	}

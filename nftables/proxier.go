@@ -10,6 +10,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/sysctl"
 )
 
 // Proxier is the nftables dataplane. It implements dataplane.Dataplane;
@@ -65,7 +66,7 @@ func New(cfg Config) (*Proxier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("nftables proxier: %w", err)
 	}
-	p, err := NewProxier(cfg, conn, NewProcSysctl())
+	p, err := NewProxier(cfg, conn, sysctl.New())
 	if err != nil {
 		conn.Close()
 		return nil, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/sysctl"
 )
 
 // manyServices returns n Services, each with a cluster IP and two
@@ -263,28 +263,6 @@ func TestCleanup(t *testing.T) {
 	}
 }
 
-// fakeSysctl fails like a read-only /proc/sys when readOnly.
-type fakeSysctl struct {
-	values   map[string]string
-	readOnly bool
-}
-
-func (f *fakeSysctl) Get(name string) (string, error) {
-	v, ok := f.values[name]
-	if !ok {
-		return "", os.ErrNotExist
-	}
-	return v, nil
-}
-
-func (f *fakeSysctl) Set(name, value string) error {
-	if f.readOnly {
-		return fmt.Errorf("write sysctl %s: %w", name, os.ErrPermission)
-	}
-	f.values[name] = value
-	return nil
-}
-
 func TestSysctlBeLiberal(t *testing.T) {
 	requireKernel(t)
 	k := newKernelNS(t, "sy-nft-sysctl")
@@ -294,12 +272,13 @@ func TestSysctlBeLiberal(t *testing.T) {
 	}
 	p := k.proxier(t, cfg)
 	mustSync(t, p, newState(web()), full)
-	if v, err := NewProcSysctlAt(k.ns.NsHandle()).Get(sysctlTCPBeLiberal); err != nil || v != "1" {
+	if v, err := sysctl.NewAt(k.ns.NsHandle()).Get(sysctlTCPBeLiberal); err != nil || v != "1" {
 		t.Errorf("be_liberal = %q, %v; want 1", v, err)
 	}
 
 	// Unwritable: a warning, and the sync still succeeds.
-	ro := &fakeSysctl{values: map[string]string{sysctlTCPBeLiberal: "0"}, readOnly: true}
+	ro := sysctl.NewFake(map[string]string{sysctlTCPBeLiberal: "0"})
+	ro.SetReadOnly(sysctlTCPBeLiberal)
 	p2, err := NewProxier(cfg, k.conn, ro)
 	if err != nil {
 		t.Fatal(err)

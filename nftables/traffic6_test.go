@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/sysctl"
 	"github.com/switchyard/switchyard/test/netnstest"
 )
 
@@ -74,13 +75,13 @@ func (topo *trafficTopology) addIPv6(t *testing.T) {
 	netnstest.AddRoute(t, topo.be2, def, a(nodeOnBe26))
 	netnstest.AddRoute(t, topo.pod, def, a("fd00:10:244::3:1"))
 	netnstest.AddRoute(t, topo.node, def, a(client6Addr))
-	if err := NewProcSysctlAt(topo.node.NsHandle()).Set("net/ipv6/conf/all/forwarding", "1"); err != nil {
+	if err := sysctl.NewAt(topo.node.NsHandle()).Set("net/ipv6/conf/all/forwarding", "1"); err != nil {
 		t.Fatal(err)
 	}
 	// Hairpin traffic leaves the link it came in on, which makes the node
 	// send redirects; the backends ignore them.
 	for _, ns := range []*netnstest.NS{topo.be1, topo.be2} {
-		if err := NewProcSysctlAt(ns.NsHandle()).Set("net/ipv6/conf/all/accept_redirects", "0"); err != nil {
+		if err := sysctl.NewAt(ns.NsHandle()).Set("net/ipv6/conf/all/accept_redirects", "0"); err != nil {
 			t.Fatal(err)
 		}
 	}

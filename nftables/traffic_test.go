@@ -12,6 +12,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/sysctl"
 	"github.com/switchyard/switchyard/test/netnstest"
 )
 
@@ -71,16 +72,16 @@ func newTrafficTopology(t *testing.T) *trafficTopology {
 	// translated are forwarded, not refused by routing, so only our reject
 	// rule can make a connection fail fast.
 	netnstest.AddRoute(t, topo.node, def, a("192.168.77.2"))
-	sysctl := NewProcSysctlAt(topo.node.NsHandle())
+	sc := sysctl.NewAt(topo.node.NsHandle())
 	for _, name := range []string{"net/ipv4/ip_forward"} {
-		if err := sysctl.Set(name, "1"); err != nil {
+		if err := sc.Set(name, "1"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Hairpin traffic leaves the link it came in on; no ICMP redirects
 	// the backend might act on.
 	for _, link := range []string{"all", "be1", "be2", "cli0", "pod0"} {
-		if err := sysctl.Set("net/ipv4/conf/"+link+"/send_redirects", "0"); err != nil {
+		if err := sc.Set("net/ipv4/conf/"+link+"/send_redirects", "0"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -305,7 +306,7 @@ func TestKernelTraffic(t *testing.T) {
 		p = p2
 	})
 	t.Run("be_liberal set", func(t *testing.T) {
-		if v, err := NewProcSysctlAt(topo.node.NsHandle()).Get(sysctlTCPBeLiberal); err != nil || v != "1" {
+		if v, err := sysctl.NewAt(topo.node.NsHandle()).Get(sysctlTCPBeLiberal); err != nil || v != "1" {
 			t.Errorf("be_liberal = %q, %v", v, err)
 		}
 	})

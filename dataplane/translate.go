@@ -324,4 +324,3 @@ func comparePrefix(a, b netip.Prefix) int {
 	}
 	return a.Bits() - b.Bits()
 }
-

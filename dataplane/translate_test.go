@@ -136,7 +136,10 @@ demo/multi:sig/sctp port=3868 clusterIPs=[10.96.0.10] externalIPs=[192.0.2.4 192
 		{
 			name: "skipped: headless, ExternalName, other proxy, no cluster IP",
 			services: []*v1.Service{
-				svc("demo", "headless", func(s *v1.Service) { s.Spec.ClusterIP = v1.ClusterIPNone; s.Spec.ClusterIPs = []string{v1.ClusterIPNone} }),
+				svc("demo", "headless", func(s *v1.Service) {
+					s.Spec.ClusterIP = v1.ClusterIPNone
+					s.Spec.ClusterIPs = []string{v1.ClusterIPNone}
+				}),
 				svc("demo", "ext", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName; s.Spec.ExternalName = "example.org" }),
 				svc("demo", "other", func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "other-proxy"} }),
 				svc("demo", "pending", func(s *v1.Service) { s.Spec.ClusterIP = ""; s.Spec.ClusterIPs = nil }),
@@ -153,7 +156,7 @@ demo/multi:sig/sctp port=3868 clusterIPs=[10.96.0.10] externalIPs=[192.0.2.4 192
 			want: "demo/mine:http/tcp port=80 clusterIPs=[10.96.0.10]\n",
 		},
 		{
-			name: "slice without service-name label ignored; FQDN slice ignored",
+			name:     "slice without service-name label ignored; FQDN slice ignored",
 			services: []*v1.Service{svc("demo", "web")},
 			slices: []*discovery.EndpointSlice{
 				slice("demo", "orphan", "", []discovery.EndpointPort{port("http", 8080, tcp)}, epSpec{ip: "10.244.1.2"}),
@@ -194,7 +197,7 @@ demo/multi:sig/sctp port=3868 clusterIPs=[10.96.0.10] externalIPs=[192.0.2.4 192
 `,
 		},
 		{
-			name: "slice port not matching a service port programs nothing",
+			name:     "slice port not matching a service port programs nothing",
 			services: []*v1.Service{svc("demo", "web")},
 			slices: []*discovery.EndpointSlice{
 				slice("demo", "web-a", "web", []discovery.EndpointPort{port("metrics", 9100, tcp)}, epSpec{ip: "10.244.1.2"}),

@@ -167,7 +167,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-
 // drainUntil drains tracker until its State dumps as want, so the test
 // does not depend on how events were batched.
 func drainUntil(t *testing.T, tr *dataplane.Tracker, want string) {

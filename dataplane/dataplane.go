@@ -1,6 +1,9 @@
 package dataplane
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Dataplane programs one kernel subsystem (or a group of them) from the
 // desired State. Implementations diff against what the kernel reports and
@@ -52,7 +55,7 @@ func (c Chain) Cleanup(ctx context.Context) error {
 			errs = append(errs, &SyncError{Dataplane: c[i].Name(), Err: err})
 		}
 	}
-	return joinErrors(errs)
+	return errors.Join(errs...)
 }
 
 // SyncError names the dataplane part that failed.

@@ -258,28 +258,6 @@ demo/badsched:http/tcp port=80 clusterIPs=[10.96.0.10]
 	}
 }
 
-func TestClusterEndpointsPolicy(t *testing.T) {
-	ready := Endpoint{Ready: true, Serving: true}
-	termServing := Endpoint{Serving: true, Terminating: true}
-	termGone := Endpoint{Terminating: true}
-	for _, tc := range []struct {
-		name string
-		in   []Endpoint
-		want []int
-	}{
-		{"ready take traffic, terminating drain", []Endpoint{ready, termServing, termGone}, []int{1, 0, 0}},
-		{"no ready: serving terminating take traffic", []Endpoint{termServing, termGone}, []int{1, 0}},
-		{"nothing usable", []Endpoint{termGone, {}}, []int{0, 0}},
-	} {
-		got := ClusterEndpoints(tc.in)
-		for i := range got {
-			if got[i].Weight != tc.want[i] {
-				t.Errorf("%s: endpoint %d weight %d, want %d", tc.name, i, got[i].Weight, tc.want[i])
-			}
-		}
-	}
-}
-
 func TestTranslateHints(t *testing.T) {
 	tcp := v1.ProtocolTCP
 	sl := slice("demo", "web-1", "web", []discovery.EndpointPort{port("http", 8080, tcp)}, epSpec{ip: "10.244.1.2", zone: "z1"})

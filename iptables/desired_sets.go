@@ -130,7 +130,7 @@ func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struc
 		// kube-proxy restricts this to local endpoints (only they can
 		// hairpin through this node); listing all keeps the set independent
 		// of node names at the cost of a bigger set.
-		for _, ep := range dataplane.ClusterEndpoints(st.Endpoints[name]) {
+		for _, ep := range st.Endpoints[name] {
 			if ip, ok := inFamily(ep.Addr.Addr()); ok {
 				add(setLoopBack, IPPortIPMember(ip, proto, ep.Addr.Port(), ip))
 			}

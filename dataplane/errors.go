@@ -1,5 +1,0 @@
-package dataplane
-
-import "errors"
-
-func joinErrors(errs []error) error { return errors.Join(errs...) }

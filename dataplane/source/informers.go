@@ -155,16 +155,23 @@ type informerEvents struct {
 	nodeName string
 }
 
-func (e informerEvents) serviceHandler() cache.ResourceEventHandler {
-	upsert := func(obj any) {
-		svc, ok := obj.(*v1.Service)
+// upserter returns an Add/Update callback that hands objects of type T to
+// fn and then notifies; anything else is logged and dropped.
+func upserter[T any](e informerEvents, kind string, fn func(T) bool) func(any) {
+	return func(obj any) {
+		o, ok := obj.(T)
 		if !ok {
-			klog.ErrorS(nil, "Unexpected object in Service informer", "type", fmt.Sprintf("%T", obj))
+			klog.ErrorS(nil, "Unexpected object in "+kind+" informer", "type", fmt.Sprintf("%T", obj))
 			return
 		}
-		e.h.OnServiceUpsert(svc)
-		e.notify()
+		if fn(o) {
+			e.notify()
+		}
 	}
+}
+
+func (e informerEvents) serviceHandler() cache.ResourceEventHandler {
+	upsert := upserter(e, "Service", func(svc *v1.Service) bool { e.h.OnServiceUpsert(svc); return true })
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    upsert,
 		UpdateFunc: func(_, obj any) { upsert(obj) },
@@ -180,15 +187,7 @@ func (e informerEvents) serviceHandler() cache.ResourceEventHandler {
 }
 
 func (e informerEvents) sliceHandler() cache.ResourceEventHandler {
-	upsert := func(obj any) {
-		sl, ok := obj.(*discovery.EndpointSlice)
-		if !ok {
-			klog.ErrorS(nil, "Unexpected object in EndpointSlice informer", "type", fmt.Sprintf("%T", obj))
-			return
-		}
-		e.h.OnEndpointSliceUpsert(sl)
-		e.notify()
-	}
+	upsert := upserter(e, "EndpointSlice", func(sl *discovery.EndpointSlice) bool { e.h.OnEndpointSliceUpsert(sl); return true })
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    upsert,
 		UpdateFunc: func(_, obj any) { upsert(obj) },
@@ -213,20 +212,15 @@ func (e informerEvents) sliceHandler() cache.ResourceEventHandler {
 }
 
 func (e informerEvents) nodeHandler() cache.ResourceEventHandler {
-	upsert := func(obj any) {
-		node, ok := obj.(*v1.Node)
-		if !ok {
-			klog.ErrorS(nil, "Unexpected object in Node informer", "type", fmt.Sprintf("%T", obj))
-			return
-		}
+	upsert := upserter(e, "Node", func(node *v1.Node) bool {
 		// The field selector already restricts the watch to this node; the
 		// check keeps the contract when a client ignores it (fakes do).
 		if node.Name != e.nodeName {
-			return
+			return false
 		}
 		e.h.OnNodeUpsert(node)
-		e.notify()
-	}
+		return true
+	})
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    upsert,
 		UpdateFunc: func(_, obj any) { upsert(obj) },

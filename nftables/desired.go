@@ -22,6 +22,17 @@ type frontend struct {
 	port  uint16
 }
 
+// nodeInfo is what the desired state needs to know about this node.
+type nodeInfo struct {
+	name, zone string
+	// ips are the node's addresses (dataplane.State.NodeIPs).
+	ips []netip.Addr
+}
+
+func nodeOf(st *dataplane.State) nodeInfo {
+	return nodeInfo{name: st.NodeName, zone: st.NodeZone, ips: st.NodeIPs}
+}
+
 func (fr frontend) isNodePort() bool { return !fr.addr.IsValid() }
 
 func (fr frontend) String() string {
@@ -95,7 +106,7 @@ func nodePortsEnabled(cfg Config, f *family) bool {
 // unmasqueraded, to the Local ones. Traffic whose policy leaves no
 // endpoint while the Service has some elsewhere is dropped; a Service
 // without endpoints at all is rejected.
-func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []dataplane.Endpoint, nodeName, zone string) *servicePortState {
+func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []dataplane.Endpoint, node nodeInfo) *servicePortState {
 	proto, ok := protoNumber(sp.Name.Protocol)
 	if !ok {
 		return nil
@@ -139,7 +150,7 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 			familyEps = append(familyEps, e)
 		}
 	}
-	sets := dataplane.CategorizeEndpoints(sp, familyEps, nodeName, zone)
+	sets := dataplane.CategorizeEndpoints(sp, familyEps, node.name, node.zone)
 
 	clusterName, localName, extName := servicePortChain(sp.Name), localChain(sp.Name), externalChain(sp.Name)
 	hasCluster := len(sets.Cluster) > 0 && sp.UsesClusterEndpoints()
@@ -224,7 +235,7 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 	// there are endpoints.
 	if ranges := f.prefixes(sp.LoadBalancerSourceRanges); len(lbs) > 0 && len(ranges) > 0 {
 		fw := firewallChain(sp.Name)
-		ps.chains = append(ps.chains, chainSpec{name: fw, rules: firewallRules(f, ranges)})
+		ps.chains = append(ps.chains, chainSpec{name: fw, rules: firewallRules(f, ranges, lbs, node.ips)})
 		for _, fr := range lbs {
 			ps.elems[fr] = append(ps.elems[fr], element{set: mapFirewallIPs, key: string(fr.key()), chain: fw})
 		}
@@ -284,16 +295,35 @@ func externalLocalRules(cfg Config, f *family, clusterChain, localChain string, 
 	return rules
 }
 
-// firewallRules: sources inside loadBalancerSourceRanges pass, and so does
-// the node's own traffic; the rest is dropped.
-func firewallRules(f *family, ranges []netip.Prefix) []rule {
+// firewallRules: sources inside loadBalancerSourceRanges pass; the rest
+// is dropped. As kube-proxy ("allowFromNode"), when one of this node's
+// addresses lies inside a range, traffic whose source is the load
+// balancer IP itself passes too: where the VIP is bound on the node (an IP
+// route rule, kube-vip), the node's own requests to it carry the VIP as
+// source. The node gets no other exemption: its requests from its own
+// address pass only if a range contains that address.
+func firewallRules(f *family, ranges []netip.Prefix, lbs []frontend, nodeIPs []netip.Addr) []rule {
 	var rules []rule
+	allowFromNode := false
 	for _, p := range ranges {
 		rules = append(rules, newRule(f, "", matchPrefix(f, f.saddrOffset, expr.CmpOpEq, p), one(verdict(expr.VerdictReturn))))
+		for _, ip := range nodeIPs {
+			if p.Contains(ip.Unmap()) {
+				allowFromNode = true
+			}
+		}
 	}
-	return append(rules,
-		newRule(f, "", matchFibSaddrLocal(), one(verdict(expr.VerdictReturn))),
-		newRule(f, "", one(verdict(expr.VerdictDrop))))
+	if allowFromNode {
+		var vips []netip.Addr
+		for _, fr := range lbs {
+			vips = append(vips, fr.addr)
+		}
+		slices.SortFunc(vips, netip.Addr.Compare)
+		for _, vip := range slices.Compact(vips) {
+			rules = append(rules, newRule(f, "load balancer IP from this node", matchAddr(f, f.saddrOffset, expr.CmpOpEq, vip), one(verdict(expr.VerdictReturn))))
+		}
+	}
+	return append(rules, newRule(f, "", one(verdict(expr.VerdictDrop))))
 }
 
 // masqueradeRules mark the traffic the IPVS dataplane's policy masquerades:

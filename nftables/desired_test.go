@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -65,7 +66,7 @@ func TestDesiredServicePortRules(t *testing.T) {
 			}
 			st := newState(tc.svc)
 			n := tc.svc.portName()
-			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], st.NodeName, st.NodeZone)
+			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], nodeOf(st))
 			if ps == nil || len(ps.chains) == 0 {
 				t.Fatalf("no chain for %v", n)
 			}
@@ -237,7 +238,6 @@ func TestDesiredPolicies(t *testing.T) {
 		want: `
 			chain fw-5KICH3GC-d/s/tcp
 			  ip saddr 192.0.2.0/24 return
-			  fib saddr type local return
 			  drop
 			firewall-ips 198.51.100.1 . tcp . 80 : fw-5KICH3GC-d/s/tcp
 			no-endpoint-nodeports tcp . 30080
@@ -265,10 +265,58 @@ func TestDesiredPolicies(t *testing.T) {
 			tc.edit(&s)
 			st := newState(s)
 			n := s.portName()
-			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], st.NodeName, st.NodeZone)
+			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], nodeOf(st))
 			got := describePort(ps)
 			if want := strings.TrimSpace(dedent(tc.want)); got != want {
 				t.Errorf("got:\n%s\nwant:\n%s", got, want)
+			}
+		})
+	}
+}
+
+// TestFirewallRules: kube-proxy's allowFromNode. Sources in the ranges
+// pass; the load balancer IPs themselves pass as sources only when one of
+// the node's addresses is in a range; nothing else does, the node's own
+// address included.
+func TestFirewallRules(t *testing.T) {
+	lbs := []frontend{
+		{addr: netip.MustParseAddr("198.51.100.2"), proto: 6, port: 80},
+		{addr: netip.MustParseAddr("198.51.100.1"), proto: 6, port: 80},
+		{addr: netip.MustParseAddr("198.51.100.1"), proto: 6, port: 443},
+	}
+	ranges := prefixes("192.0.2.0/24", "203.0.113.0/25")
+	tests := []struct {
+		name    string
+		nodeIPs []netip.Addr
+		want    string
+	}{{
+		name: "no node address known",
+		want: `
+			ip saddr 192.0.2.0/24 return
+			ip saddr 203.0.113.0/25 return
+			drop`,
+	}, {
+		name:    "node address outside the ranges",
+		nodeIPs: []netip.Addr{netip.MustParseAddr("203.0.113.200"), netip.MustParseAddr("2001:db8::1")},
+		want: `
+			ip saddr 192.0.2.0/24 return
+			ip saddr 203.0.113.0/25 return
+			drop`,
+	}, {
+		name:    "node address inside a range: the VIPs pass as sources",
+		nodeIPs: []netip.Addr{netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("203.0.113.7")},
+		want: `
+			ip saddr 192.0.2.0/24 return
+			ip saddr 203.0.113.0/25 return
+			ip saddr 198.51.100.1 return comment "load balancer IP from this node"
+			ip saddr 198.51.100.2 return comment "load balancer IP from this node"
+			drop`,
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := strings.Join(ruleTexts(firewallRules(ipv4, ranges, lbs, tc.nodeIPs)), "\n")
+			if want := strings.TrimSpace(dedent(tc.want)); got != want {
+				t.Errorf("rules:\n%s\nwant:\n%s", got, want)
 			}
 		})
 	}

@@ -72,10 +72,11 @@
 //
 // loadBalancerSourceRanges: before DNAT, packets to a load balancer IP of
 // such a Service go to its fw- chain, which drops sources outside the
-// ranges. The node's own traffic always passes ("fib saddr type local";
-// kube-proxy allows it when the node's IP is inside the ranges, which the
-// model does not carry). NodePorts and external IPs are not firewalled, as
-// in kube-proxy.
+// ranges. As kube-proxy, when one of the node's addresses
+// (dataplane.State.NodeIPs) is inside a range, the load balancer IPs
+// themselves pass as sources too (a VIP bound on the node is the source of
+// the node's requests to it); the node has no other exemption. NodePorts
+// and external IPs are not firewalled, as in kube-proxy.
 //
 // Masquerading follows the IPVS dataplane's policy (package iptables):
 // everything with Config.MasqueradeAll; otherwise external traffic of

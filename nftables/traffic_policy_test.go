@@ -184,13 +184,16 @@ func TestKernelTrafficPolicies(t *testing.T) {
 	t.Run("load balancer source ranges", func(t *testing.T) {
 		reachAll(t, topo.client, "tcp", fwLB+":80", both...)
 		dropped(t, topo.pod, "tcp", fwLB+":80")
-		// The node's own traffic passes; the cluster IP is not firewalled.
+		// The node's own traffic passes (its address is in the range);
+		// the cluster IP is not firewalled.
 		reachAll(t, topo.node, "tcp", fwLB+":80", both...)
 		reachAll(t, topo.pod, "tcp", fwIP+":80", both...)
 		fw.sourceRanges = []string{"10.244.3.0/24"}
 		putService(st, fw)
 		mustSync(t, p, st, changed(fw.portName().ServiceName))
 		dropped(t, topo.client, "tcp", fwLB+":80")
+		// As kube-proxy, the node has no exemption of its own.
+		dropped(t, topo.node, "tcp", fwLB+":80")
 		reachAll(t, topo.pod, "tcp", fwLB+":80", both...)
 		fw.sourceRanges = nil
 		putService(st, fw)

@@ -45,6 +45,10 @@ type Config struct {
 	DrainTimeout time.Duration
 	// DrainCheckInterval: DefaultDrainCheckInterval when zero.
 	DrainCheckInterval time.Duration
+	// Timeouts are set in the kernel where non-zero (kube-proxy's
+	// ipvs.tcpTimeout, tcpFinTimeout, udpTimeout); zero fields keep the
+	// kernel's.
+	Timeouts Timeouts
 }
 
 // withDefaults fills zero fields and validates the result.
@@ -66,6 +70,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DrainTimeout < 0 || c.DrainCheckInterval < 0 {
 		return c, fmt.Errorf("negative drain durations")
+	}
+	if t := c.Timeouts; t.TCP < 0 || t.TCPFin < 0 || t.UDP < 0 {
+		return c, fmt.Errorf("negative IPVS timeouts %+v", t)
 	}
 	for i, p := range c.NodePortAddresses {
 		if !p.IsValid() {

@@ -1,6 +1,9 @@
 package ipvs
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // Handle is the part of IPVS switchyard uses. Implementations wrap
 // ErrNotFound when a virtual or real server does not exist and ErrExists
@@ -23,4 +26,16 @@ type Handle interface {
 	AddRealServer(k Key, rs RealServer) error
 	UpdateRealServer(k Key, rs RealServer) error
 	DeleteRealServer(k Key, addr netip.AddrPort) error
+
+	// Timeouts reads the connection timeouts (ipvsadm --list --timeout).
+	Timeouts() (Timeouts, error)
+	// SetTimeouts sets the non-zero timeouts of t (ipvsadm --set); zero
+	// fields keep the kernel's value.
+	SetTimeouts(t Timeouts) error
+}
+
+// Timeouts are IPVS's connection timeouts, per network namespace: idle
+// established TCP, TCP after a FIN, and UDP. Whole seconds.
+type Timeouts struct {
+	TCP, TCPFin, UDP time.Duration
 }

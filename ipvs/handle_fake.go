@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
@@ -21,6 +22,8 @@ type FakeHandle struct {
 	mu    sync.Mutex
 	vss   map[Key]*fakeVS
 	calls []string
+	// timeouts start at the kernel's defaults (900 s, 120 s, 300 s).
+	timeouts Timeouts
 	// Fail, when set, is consulted before every call; a non-nil error is
 	// returned instead of performing it. op is the call name as recorded.
 	Fail func(op string, k Key) error
@@ -38,7 +41,7 @@ var fakeSchedulers = append([]string{"dh", "lblc", "lblcr", "fo", "ovf", "twos"}
 
 // NewFakeHandle returns an empty fake IPVS.
 func NewFakeHandle() *FakeHandle {
-	return &FakeHandle{vss: map[Key]*fakeVS{}}
+	return &FakeHandle{vss: map[Key]*fakeVS{}, timeouts: Timeouts{TCP: 900 * time.Second, TCPFin: 120 * time.Second, UDP: 300 * time.Second}}
 }
 
 // Calls returns every call made so far, e.g. "AddRealServer 10.96.0.1:80/TCP 10.0.0.1:8080".
@@ -300,6 +303,33 @@ func validateFakeRS(k Key, rs RealServer) error {
 	if !sameFamily(k.IP, rs.Addr.Addr()) && rs.Forward == ForwardMasq {
 		// The kernel allows mixed families only for tunnel forwarding.
 		return fmt.Errorf("masquerading across address families is not supported")
+	}
+	return nil
+}
+
+func (f *FakeHandle) Timeouts() (Timeouts, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record("GetTimeouts", Key{}, ""); err != nil {
+		return Timeouts{}, err
+	}
+	return f.timeouts, nil
+}
+
+// SetTimeouts keeps the fields given as zero, as the kernel does.
+func (f *FakeHandle) SetTimeouts(t Timeouts) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record("SetTimeouts", Key{}, fmt.Sprintf("tcp=%v tcpfin=%v udp=%v", t.TCP, t.TCPFin, t.UDP)); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		dst *time.Duration
+		v   time.Duration
+	}{{&f.timeouts.TCP, t.TCP}, {&f.timeouts.TCPFin, t.TCPFin}, {&f.timeouts.UDP, t.UDP}} {
+		if p.v != 0 {
+			*p.dst = p.v.Truncate(time.Second)
+		}
 	}
 	return nil
 }

@@ -160,6 +160,28 @@ func (k *KernelHandle) DeleteRealServer(key Key, addr netip.AddrPort) error {
 	return k.destOp("delete", key, RealServer{Addr: addr}, (*libipvs.Handle).DelDestination)
 }
 
+func (k *KernelHandle) Timeouts() (Timeouts, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, err := k.h.GetConfig()
+	if err != nil {
+		return Timeouts{}, fmt.Errorf("read ipvs timeouts: %w", err)
+	}
+	return Timeouts{TCP: c.TimeoutTCP, TCPFin: c.TimeoutTCPFin, UDP: c.TimeoutUDP}, nil
+}
+
+// SetTimeouts relies on the kernel keeping the timeouts sent as 0
+// (ip_vs_set_timeout only applies non-zero values); moby/ipvs always sends
+// all three.
+func (k *KernelHandle) SetTimeouts(t Timeouts) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.SetConfig(&libipvs.Config{TimeoutTCP: t.TCP, TimeoutTCPFin: t.TCPFin, TimeoutUDP: t.UDP}); err != nil {
+		return fmt.Errorf("set ipvs timeouts %+v: %w", t, err)
+	}
+	return nil
+}
+
 func (k *KernelHandle) destOp(op string, key Key, rs RealServer, f func(*libipvs.Handle, *libipvs.Service, *libipvs.Destination) error) error {
 	svc, err := toLibService(VirtualServer{Key: key})
 	if err != nil {

@@ -66,6 +66,7 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 	p.loadState()
 	if full || !p.sysctlsSet {
 		ensureSysctls(p.sysctl, p.cfg.StrictARP)
+		ensureTimeouts(p.handle, p.cfg.Timeouts)
 		p.sysctlsSet = true
 	}
 	err := p.sync(ctx, st, changes, full)

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"strconv"
 	"strings"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -135,4 +136,33 @@ func ensureSysctls(s Sysctl, strictARP bool) {
 		}
 		klog.V(2).InfoS("Set sysctl", "sysctl", w.key, "value", w.value, "previous", cur)
 	}
+}
+
+// ensureTimeouts sets the configured IPVS timeouts that differ from the
+// kernel's, in whole seconds (the kernel's unit). As with sysctls, a
+// failure is logged, not returned: services work with the kernel's
+// timeouts.
+func ensureTimeouts(h Handle, want Timeouts) {
+	if want == (Timeouts{}) {
+		return
+	}
+	for _, d := range []*time.Duration{&want.TCP, &want.TCPFin, &want.UDP} {
+		if *d > 0 {
+			*d = max(d.Truncate(time.Second), time.Second)
+		}
+	}
+	cur, err := h.Timeouts()
+	if err != nil {
+		klog.ErrorS(err, "Could not read IPVS timeouts; leaving them as they are", "want", want)
+		return
+	}
+	differs := func(w, c time.Duration) bool { return w != 0 && w != c }
+	if !differs(want.TCP, cur.TCP) && !differs(want.TCPFin, cur.TCPFin) && !differs(want.UDP, cur.UDP) {
+		return
+	}
+	if err := h.SetTimeouts(want); err != nil {
+		klog.ErrorS(err, "Could not set IPVS timeouts", "want", want, "current", cur)
+		return
+	}
+	klog.InfoS("Set IPVS timeouts", "tcp", want.TCP, "tcpFin", want.TCPFin, "udp", want.UDP, "previous", cur)
 }

@@ -39,6 +39,19 @@ type config struct {
 	nodeIPs               []netip.Addr
 	conntrackDropInvalid  bool
 	conntrackTCPBeLiberal bool
+	// conntrack table size and timeouts (kube-proxy's --conntrack-*);
+	// zero leaves the kernel's value.
+	conntrackMaxPerCore            int
+	conntrackMin                   int
+	conntrackTCPEstablishedTimeout time.Duration
+	conntrackTCPCloseWaitTimeout   time.Duration
+	conntrackUDPTimeout            time.Duration
+	conntrackUDPStreamTimeout      time.Duration
+	// IPVS connection timeouts (kube-proxy's --ipvs-*-timeout); zero
+	// leaves the kernel's value.
+	ipvsTCPTimeout    time.Duration
+	ipvsTCPFinTimeout time.Duration
+	ipvsUDPTimeout    time.Duration
 
 	dataplane string
 
@@ -77,6 +90,15 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringSliceVar(&clusterCIDRs, "cluster-cidr", nil, "pod CIDRs; cluster-IP traffic from outside them is SNATed")
 	fs.BoolVar(&c.conntrackDropInvalid, "conntrack-drop-invalid", false, "drop forwarded packets conntrack marks INVALID")
 	fs.BoolVar(&c.conntrackTCPBeLiberal, "conntrack-tcp-be-liberal", false, "set nf_conntrack_tcp_be_liberal=1 so out-of-window TCP packets are not marked INVALID")
+	fs.IntVar(&c.conntrackMaxPerCore, "conntrack-max-per-core", 0, "conntrack entries per CPU: nf_conntrack_max becomes this × CPUs (at least --conntrack-min); 0 leaves nf_conntrack_max as it is")
+	fs.IntVar(&c.conntrackMin, "conntrack-min", 131072, "lower bound of nf_conntrack_max when --conntrack-max-per-core is set")
+	fs.DurationVar(&c.conntrackTCPEstablishedTimeout, "conntrack-tcp-timeout-established", 0, "idle timeout of established TCP conntrack entries; 0 leaves the kernel's")
+	fs.DurationVar(&c.conntrackTCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait", 0, "timeout of TCP conntrack entries in CLOSE_WAIT; 0 leaves the kernel's")
+	fs.DurationVar(&c.conntrackUDPTimeout, "conntrack-udp-timeout", 0, "idle timeout of unreplied UDP conntrack entries; 0 leaves the kernel's")
+	fs.DurationVar(&c.conntrackUDPStreamTimeout, "conntrack-udp-timeout-stream", 0, "idle timeout of UDP conntrack entries seen in both directions; 0 leaves the kernel's")
+	fs.DurationVar(&c.ipvsTCPTimeout, "ipvs-tcp-timeout", 0, "IPVS idle timeout of established TCP connections; 0 leaves the kernel's (900s)")
+	fs.DurationVar(&c.ipvsTCPFinTimeout, "ipvs-tcpfin-timeout", 0, "IPVS timeout of TCP connections after a FIN; 0 leaves the kernel's (120s)")
+	fs.DurationVar(&c.ipvsUDPTimeout, "ipvs-udp-timeout", 0, "IPVS timeout of UDP flows; 0 leaves the kernel's (300s)")
 	fs.StringVar(&c.dataplane, "dataplane", "auto", "kernel dataplane: auto (IPVS when the kernel has it, else nftables), ipvs or nftables")
 	fs.StringVar(&c.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "IP:port for the health check server (reserved: not served yet)")
 	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port for the metrics server (reserved: not served yet)")
@@ -101,6 +123,18 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.masqueradeBit < 0 || c.masqueradeBit > 31 {
 		return nil, fmt.Errorf("--masquerade-bit %d: must be 0..31", c.masqueradeBit)
+	}
+	for name, d := range map[string]time.Duration{
+		"conntrack-tcp-timeout-established": c.conntrackTCPEstablishedTimeout, "conntrack-tcp-timeout-close-wait": c.conntrackTCPCloseWaitTimeout,
+		"conntrack-udp-timeout": c.conntrackUDPTimeout, "conntrack-udp-timeout-stream": c.conntrackUDPStreamTimeout,
+		"ipvs-tcp-timeout": c.ipvsTCPTimeout, "ipvs-tcpfin-timeout": c.ipvsTCPFinTimeout, "ipvs-udp-timeout": c.ipvsUDPTimeout,
+	} {
+		if d < 0 {
+			return nil, fmt.Errorf("--%s %v: must not be negative", name, d)
+		}
+	}
+	if c.conntrackMaxPerCore < 0 || c.conntrackMin < 0 {
+		return nil, fmt.Errorf("--conntrack-max-per-core and --conntrack-min must not be negative")
 	}
 	if c.minSyncPeriod < 0 || c.syncPeriod <= 0 {
 		return nil, fmt.Errorf("--min-sync-period must be >= 0 and --sync-period > 0")

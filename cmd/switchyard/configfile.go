@@ -67,6 +67,12 @@ type fileSettings struct {
 	conntrackTCPBeLiberal *bool
 	conntrackDropInvalid  *bool
 
+	conntrackMaxPerCore *int
+	conntrackMin        *int
+	// durations keyed by the flag they stand for (conntrack and IPVS
+	// timeouts).
+	durations map[string]time.Duration
+
 	nodePortAddresses    []netip.Prefix
 	nodePortAddressesSet bool
 	clusterCIDRs         []netip.Prefix
@@ -141,6 +147,21 @@ func (s *fileSettings) apply(fs *pflag.FlagSet, c *config) (overridden []string,
 	setDur("sync-period", &c.syncPeriod, s.syncPeriod)
 	setDur("min-sync-period", &c.minSyncPeriod, s.minSyncPeriod)
 	setDur("ipvs-drain-timeout", &c.ipvsDrainTimeout, s.ipvsDrainTimeout)
+	for flag, dst := range map[string]*time.Duration{
+		"ipvs-tcp-timeout": &c.ipvsTCPTimeout, "ipvs-tcpfin-timeout": &c.ipvsTCPFinTimeout, "ipvs-udp-timeout": &c.ipvsUDPTimeout,
+		"conntrack-tcp-timeout-established": &c.conntrackTCPEstablishedTimeout, "conntrack-tcp-timeout-close-wait": &c.conntrackTCPCloseWaitTimeout,
+		"conntrack-udp-timeout": &c.conntrackUDPTimeout, "conntrack-udp-timeout-stream": &c.conntrackUDPStreamTimeout,
+	} {
+		if v, ok := s.durations[flag]; ok {
+			setDur(flag, dst, &v)
+		}
+	}
+	if s.conntrackMaxPerCore != nil && !keep("conntrack-max-per-core") {
+		c.conntrackMaxPerCore = *s.conntrackMaxPerCore
+	}
+	if s.conntrackMin != nil && !keep("conntrack-min") {
+		c.conntrackMin = *s.conntrackMin
+	}
 	setBool := func(flag string, dst *bool, v *bool) {
 		if v != nil && !keep(flag) {
 			*dst = *v
@@ -450,12 +471,16 @@ func (f *configFile) resolve(flagDataplane string) (*fileSettings, error) {
 		}
 	}
 	for _, d := range []namedDuration{
-		{"ipvs.tcpTimeout", kp.IPVS.TCPTimeout}, {"ipvs.tcpFinTimeout", kp.IPVS.TCPFinTimeout}, {"ipvs.udpTimeout", kp.IPVS.UDPTimeout},
+		{"ipvs.tcpTimeout", kp.IPVS.TCPTimeout, "ipvs-tcp-timeout"},
+		{"ipvs.tcpFinTimeout", kp.IPVS.TCPFinTimeout, "ipvs-tcpfin-timeout"},
+		{"ipvs.udpTimeout", kp.IPVS.UDPTimeout, "ipvs-udp-timeout"},
 	} {
 		if v, err := parseDuration(d.path, d.d); err != nil {
 			return nil, err
+		} else if v != 0 && dp == "nftables" {
+			ignore(d.path, "does not apply to the nftables dataplane")
 		} else if v != 0 {
-			ignore(d.path, "not implemented: switchyard leaves the kernel's IPVS connection timeouts as they are")
+			s.setDuration(d.flag, v)
 		}
 	}
 
@@ -464,22 +489,30 @@ func (f *configFile) resolve(flagDataplane string) (*fileSettings, error) {
 		t := true
 		s.conntrackTCPBeLiberal = &t
 	}
-	if p := kp.Conntrack.MaxPerCore; p != nil && *p != 0 {
-		ignore("conntrack.maxPerCore", "not implemented: switchyard leaves nf_conntrack_max as it is")
+	if p := kp.Conntrack.MaxPerCore; p != nil {
+		if *p < 0 {
+			return nil, fmt.Errorf("conntrack.maxPerCore: %d: must not be negative", *p)
+		}
+		v := int(*p)
+		s.conntrackMaxPerCore = &v
 	}
-	if p := kp.Conntrack.Min; p != nil && *p != 0 {
-		ignore("conntrack.min", "not implemented: switchyard leaves nf_conntrack_max as it is")
+	if p := kp.Conntrack.Min; p != nil {
+		if *p < 0 {
+			return nil, fmt.Errorf("conntrack.min: %d: must not be negative", *p)
+		}
+		v := int(*p)
+		s.conntrackMin = &v
 	}
 	for _, d := range []namedDuration{
-		{"conntrack.tcpEstablishedTimeout", kp.Conntrack.TCPEstablishedTimeout},
-		{"conntrack.tcpCloseWaitTimeout", kp.Conntrack.TCPCloseWaitTimeout},
-		{"conntrack.udpTimeout", kp.Conntrack.UDPTimeout},
-		{"conntrack.udpStreamTimeout", kp.Conntrack.UDPStreamTimeout},
+		{"conntrack.tcpEstablishedTimeout", kp.Conntrack.TCPEstablishedTimeout, "conntrack-tcp-timeout-established"},
+		{"conntrack.tcpCloseWaitTimeout", kp.Conntrack.TCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait"},
+		{"conntrack.udpTimeout", kp.Conntrack.UDPTimeout, "conntrack-udp-timeout"},
+		{"conntrack.udpStreamTimeout", kp.Conntrack.UDPStreamTimeout, "conntrack-udp-timeout-stream"},
 	} {
 		if v, err := parseDuration(d.path, d.d); err != nil {
 			return nil, err
 		} else if v != 0 {
-			ignore(d.path, "not implemented: switchyard leaves the kernel's conntrack timeouts as they are")
+			s.setDuration(d.flag, v)
 		}
 	}
 
@@ -640,6 +673,14 @@ func (f *configFile) resolve(flagDataplane string) (*fileSettings, error) {
 type namedDuration struct {
 	path string
 	d    durationString
+	flag string // the flag it sets, if any
+}
+
+func (s *fileSettings) setDuration(flag string, d time.Duration) {
+	if s.durations == nil {
+		s.durations = map[string]time.Duration{}
+	}
+	s.durations[flag] = d
 }
 
 // candidate is one place a setting can come from: a field path, its value

@@ -223,6 +223,7 @@ func TestConfigFileFullIPVS(t *testing.T) {
 	s := mustResolve(t, fullIPVS, "")
 	dur := func(d time.Duration) *time.Duration { return &d }
 	tru, bit := true, 13
+	maxPerCore, ctMin := 32768, 131072
 	var v0 uint32
 	want := &fileSettings{
 		dataplane:             "ipvs",
@@ -237,11 +238,18 @@ func TestConfigFileFullIPVS(t *testing.T) {
 		masqueradeAll:         &tru,
 		masqueradeBit:         &bit,
 		conntrackTCPBeLiberal: &tru,
-		nodePortAddresses:     prefixes("10.0.0.0/8", "fd00::/64"),
-		nodePortAddressesSet:  true,
-		clusterCIDRs:          prefixes("10.244.0.0/16", "fd00:10:244::/56"),
-		verbosity:             &v0,
-		vmodule:               "sync*=0",
+		conntrackMaxPerCore:   &maxPerCore,
+		conntrackMin:          &ctMin,
+		durations: map[string]time.Duration{
+			"ipvs-tcp-timeout": 900 * time.Second, "ipvs-tcpfin-timeout": 120 * time.Second, "ipvs-udp-timeout": 300 * time.Second,
+			"conntrack-tcp-timeout-established": 24 * time.Hour, "conntrack-tcp-timeout-close-wait": time.Hour,
+			"conntrack-udp-timeout": 30 * time.Second, "conntrack-udp-timeout-stream": 300 * time.Second,
+		},
+		nodePortAddresses:    prefixes("10.0.0.0/8", "fd00::/64"),
+		nodePortAddressesSet: true,
+		clusterCIDRs:         prefixes("10.244.0.0/16", "fd00:10:244::/56"),
+		verbosity:            &v0,
+		vmodule:              "sync*=0",
 	}
 	got := *s
 	got.ignored = nil
@@ -252,9 +260,7 @@ func TestConfigFileFullIPVS(t *testing.T) {
 		"nftables.syncPeriod", "iptables.syncPeriod",
 		"nftables.minSyncPeriod", "iptables.minSyncPeriod",
 		"nftables.masqueradeBit", "nftables.masqueradeAll",
-		"ipvs.excludeCIDRs", "ipvs.tcpTimeout", "ipvs.tcpFinTimeout", "ipvs.udpTimeout",
-		"conntrack.maxPerCore", "conntrack.min",
-		"conntrack.tcpEstablishedTimeout", "conntrack.tcpCloseWaitTimeout", "conntrack.udpTimeout", "conntrack.udpStreamTimeout",
+		"ipvs.excludeCIDRs",
 		"bindAddress",
 		"clientConnection.qps", "clientConnection.burst", "clientConnection.contentType", "clientConnection.acceptContentTypes",
 		"logging.format", "logging.flushFrequency", "logging.options.json",
@@ -447,6 +453,9 @@ func TestConfigFileInvalidValues(t *testing.T) {
 		{"nodePortAddresses primary", kpHeader + "nodePortAddresses: [10.0.0.0/8, primary]\n", `nodePortAddresses[1]: "primary" is not supported`},
 		{"nodePortAddresses localhost", kpHeader + "nodePortAddresses: [localhost]\n", `nodePortAddresses[0]: "localhost" is not supported`},
 		{"excludeCIDRs", kpHeader + "ipvs: {excludeCIDRs: [nope]}\n", `ipvs.excludeCIDRs[0]: "nope" is not a CIDR`},
+		{"ipvs timeout", kpHeader + "ipvs: {udpTimeout: -3s}\n", `ipvs.udpTimeout: -3s: must not be negative`},
+		{"conntrack maxPerCore", kpHeader + "conntrack: {maxPerCore: -2}\n", `conntrack.maxPerCore: -2: must not be negative`},
+		{"conntrack timeout", kpHeader + "conntrack: {udpStreamTimeout: 2 minutes}\n", `conntrack.udpStreamTimeout: "2 minutes" is not a duration`},
 		{"duration", kpHeader + "ipvs: {syncPeriod: soon}\n", `ipvs.syncPeriod: "soon" is not a duration`},
 		{"negative duration", kpHeader + "nftables: {minSyncPeriod: -1s}\n", `nftables.minSyncPeriod: -1s: must not be negative`},
 		{"ignored field duration", kpHeader + "conntrack: {tcpCloseWaitTimeout: 1 hour}\n", `conntrack.tcpCloseWaitTimeout: "1 hour" is not a duration`},
@@ -478,8 +487,8 @@ clientConnection: {kubeconfig: /file/kubeconfig}
 clusterCIDR: 10.244.0.0/16
 nodePortAddresses: [10.0.0.0/8]
 iptables: {masqueradeBit: 13, masqueradeAll: true}
-ipvs: {scheduler: wlc, strictARP: true, syncPeriod: 1m, minSyncPeriod: 2s}
-conntrack: {tcpBeLiberal: true}
+ipvs: {scheduler: wlc, strictARP: true, syncPeriod: 1m, minSyncPeriod: 2s, tcpTimeout: 10m, udpTimeout: 15s}
+conntrack: {tcpBeLiberal: true, maxPerCore: 1000, min: 5000, udpTimeout: 20s}
 healthzBindAddress: 0.0.0.0:1234
 ---
 `+syHeader+`proxyName: file-proxy
@@ -510,6 +519,11 @@ conntrack: {dropInvalid: true}
 		clusterCIDRs:          prefixes("10.244.0.0/16"),
 		conntrackDropInvalid:  true,
 		conntrackTCPBeLiberal: true,
+		conntrackMaxPerCore:   1000,
+		conntrackMin:          5000,
+		conntrackUDPTimeout:   20 * time.Second,
+		ipvsTCPTimeout:        10 * time.Minute,
+		ipvsUDPTimeout:        15 * time.Second,
 		dataplane:             "ipvs",
 		healthzBindAddress:    "0.0.0.0:1234",
 		metricsBindAddress:    "127.0.0.1:10249",
@@ -527,6 +541,7 @@ conntrack: {dropInvalid: true}
 		"--masquerade-bit", "14", "--masquerade-all=false", "--cluster-cidr", "10.42.0.0/16",
 		"--conntrack-drop-invalid=false", "--conntrack-tcp-be-liberal=false", "--dataplane", "nftables",
 		"--healthz-bind-address", "127.0.0.1:10256",
+		"--conntrack-max-per-core", "0", "--conntrack-udp-timeout", "0s", "--ipvs-tcp-timeout", "1m",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -544,6 +559,8 @@ conntrack: {dropInvalid: true}
 		dummyLink:          "flag0",
 		masqueradeBit:      14,
 		clusterCIDRs:       prefixes("10.42.0.0/16"),
+		conntrackMin:       5000,
+		ipvsTCPTimeout:     time.Minute,
 		dataplane:          "nftables",
 		healthzBindAddress: "127.0.0.1:10256",
 		metricsBindAddress: "127.0.0.1:10249",

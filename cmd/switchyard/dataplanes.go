@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -14,6 +15,7 @@ import (
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/nftables"
+	"github.com/switchyard/switchyard/sysctl"
 )
 
 // newDataplane builds the dataplane --dataplane asks for (auto: IPVS when
@@ -39,6 +41,28 @@ func newDataplane(cfg *config) (dataplane.Dataplane, error) {
 		return nil, fmt.Errorf("conntrack: %w", err)
 	}
 	return dataplane.Chain{dp, conntrack.NewCleaner(ct, nil)}, nil
+}
+
+// applyConntrackLimits sets the conntrack table size and timeouts the
+// configuration asks for, as kube-proxy does at start-up. Failures (a
+// read-only /sys in a container, nf_conntrack_max outside the initial
+// network namespace) are logged: services work with the kernel's values.
+func applyConntrackLimits(cfg *config) {
+	l := conntrack.Limits{
+		MaxPerCore:            cfg.conntrackMaxPerCore,
+		Min:                   cfg.conntrackMin,
+		TCPEstablishedTimeout: cfg.conntrackTCPEstablishedTimeout,
+		TCPCloseWaitTimeout:   cfg.conntrackTCPCloseWaitTimeout,
+		UDPTimeout:            cfg.conntrackUDPTimeout,
+		UDPStreamTimeout:      cfg.conntrackUDPStreamTimeout,
+	}
+	if l == (conntrack.Limits{Min: l.Min}) {
+		return
+	}
+	err := conntrack.ApplyLimits(klog.Background(), sysctl.NewRoot(procSys), sysctl.NewRoot(conntrack.ModuleParameters), runtime.NumCPU(), l)
+	if err != nil {
+		klog.ErrorS(err, "Could not apply every conntrack setting; the kernel's values stay for those")
+	}
 }
 
 // newCleanupDataplane returns every dataplane that can be set up on this
@@ -139,6 +163,7 @@ func newIPVS(cfg *config) (*ipvs.Proxier, error) {
 		StrictARP:         cfg.ipvsStrictARP,
 		StateDir:          cfg.stateDir,
 		DrainTimeout:      cfg.ipvsDrainTimeout,
+		Timeouts:          ipvs.Timeouts{TCP: cfg.ipvsTCPTimeout, TCPFin: cfg.ipvsTCPFinTimeout, UDP: cfg.ipvsUDPTimeout},
 	}, handle, ipvs.NewNetlinkLinks(nl, cfg.dummyLink), ipvs.ProcSysctl{})
 }
 

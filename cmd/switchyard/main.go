@@ -49,6 +49,7 @@ func mainWithArgs(args []string) int {
 		klog.InfoS("Cleanup done", "dataplane", dp.Name())
 		return 0
 	}
+	applyConntrackLimits(cfg)
 	dp, err := newDataplane(cfg)
 	if err != nil {
 		klog.ErrorS(err, "Cannot set up the dataplane")

@@ -136,6 +136,9 @@ func TestParseFlagsRejectsBadValues(t *testing.T) {
 		{"--nodeport-addresses", "nope"},
 		{"--sync-period", "0s"},
 		{"--node-ip", "10.0.0.300"},
+		{"--conntrack-udp-timeout", "-1s"},
+		{"--ipvs-tcp-timeout", "-5m"},
+		{"--conntrack-max-per-core", "-1"},
 	} {
 		if _, err := parseFlags(append(args, "--hostname-override", "n")); err == nil {
 			t.Errorf("%v accepted", args)

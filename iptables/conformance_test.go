@@ -29,12 +29,25 @@ func ipsetConformance(t *testing.T, s IPSet) {
 		{Name: "CONF-IPPORTIP", Type: HashIPPortIP, Family: FamilyINet, MaxElem: 65536},
 		{Name: "CONF-NETPORT", Type: HashNetPort, Family: FamilyINet, MaxElem: 65536},
 		{Name: "CONF-IPPORT6", Type: HashIPPort, Family: FamilyINet6, MaxElem: 1024},
+		{Name: "CONF-IPPORTNET", Type: HashIPPortNet, Family: FamilyINet, MaxElem: 65536},
+		{Name: "CONF-IPPORTNET6", Type: HashIPPortNet, Family: FamilyINet6, MaxElem: 65536},
 	}
 	members := [][]Member{
 		{IPPortMember(ip, protoTCP, 80), IPPortMember(ip, protoUDP, 53)},
 		{IPPortIPMember(ip, protoTCP, 8080, ip)},
 		{NetPortMember(netip.MustParsePrefix("0.0.0.0/1"), protoSCTP, 30003), NetPortMember(netip.MustParsePrefix("128.0.0.0/1"), protoSCTP, 30003)},
 		{IPPortMember(netip.MustParseAddr("fd00::1"), protoTCP, 80), IPPortMember(netip.MustParseAddr("fd00::2"), protoTCP, 80)},
+		{
+			// Host, network and half-space sources, sorted as compareMembers does.
+			IPPortNetMember(ip, protoTCP, 80, netip.MustParsePrefix("0.0.0.0/1")),
+			IPPortNetMember(ip, protoTCP, 80, netip.MustParsePrefix("192.168.0.0/16")),
+			IPPortNetMember(ip, protoUDP, 53, netip.MustParsePrefix("10.1.2.3/32")),
+			IPPortNetMember(ip, protoSCTP, 9, netip.MustParsePrefix("128.0.0.0/1")),
+		},
+		{
+			IPPortNetMember(netip.MustParseAddr("2001:db8::1"), protoTCP, 443, netip.MustParsePrefix("fd00::/64")),
+			IPPortNetMember(netip.MustParseAddr("2001:db8::1"), protoTCP, 443, netip.MustParsePrefix("fd00::7/128")),
+		},
 	}
 	for i, spec := range specs {
 		must(s.Create(spec))
@@ -61,6 +74,28 @@ func ipsetConformance(t *testing.T, s IPSet) {
 		}
 	}
 	expect("add to missing", s.Add("CONF-NOPE", members[0][0]), IsNotFound)
+	// A network of length 0 is refused (not taken as a host address).
+	expect("add a /0 source", s.Add("CONF-IPPORTNET", IPPortNetMember(ip, protoTCP, 1, netip.MustParsePrefix("0.0.0.0/0"))), nil)
+	expect("add a /0 network", s.Add("CONF-NETPORT", NetPortMember(netip.MustParsePrefix("0.0.0.0/0"), protoTCP, 1)), nil)
+	// Test with a host address finds the member networks holding it; with
+	// a network, only that exact member.
+	for _, tc := range []struct {
+		set  string
+		m    Member
+		want bool
+	}{
+		{"CONF-IPPORTNET", IPPortNetMember(ip, protoTCP, 80, netip.MustParsePrefix("192.168.7.7/32")), true},
+		{"CONF-IPPORTNET", IPPortNetMember(ip, protoTCP, 80, netip.MustParsePrefix("192.168.7.0/24")), false},
+		{"CONF-IPPORTNET", IPPortNetMember(ip, protoTCP, 81, netip.MustParsePrefix("192.168.7.7/32")), false},
+		{"CONF-IPPORTNET", IPPortNetMember(ip, protoUDP, 53, netip.MustParsePrefix("10.1.2.4/32")), false},
+		{"CONF-IPPORTNET6", IPPortNetMember(netip.MustParseAddr("2001:db8::1"), protoTCP, 443, netip.MustParsePrefix("fd00::9/128")), true},
+		{"CONF-NETPORT", NetPortMember(netip.MustParsePrefix("200.1.2.3/32"), protoSCTP, 30003), true},
+		{"CONF-NETPORT", NetPortMember(netip.MustParsePrefix("200.1.2.0/24"), protoSCTP, 30003), false},
+	} {
+		if ok, err := s.Test(tc.set, tc.m); ok != tc.want || err != nil {
+			t.Errorf("Test(%s, %s) = %v, %v; want %v", tc.set, tc.m, ok, err, tc.want)
+		}
+	}
 	expect("del missing member", s.Del("CONF-IPPORT", IPPortMember(ip, protoSCTP, 1)), IsNotFound)
 	must(s.Del("CONF-IPPORT6", members[3][1]))
 	expect("del deleted member", s.Del("CONF-IPPORT6", members[3][1]), IsNotFound)

@@ -3,6 +3,7 @@ package iptables
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -65,7 +66,7 @@ func (f *FakeIPSet) Create(spec SetSpec) error {
 		return fmt.Errorf("ipset create %s: %w", spec.Name, ErrExists)
 	}
 	switch spec.Type {
-	case HashIPPort, HashIPPortIP, HashNetPort:
+	case HashIPPort, HashIPPortIP, HashIPPortNet, HashNetPort:
 		if spec.Family != FamilyINet && spec.Family != FamilyINet6 {
 			return fmt.Errorf("ipset create %s: invalid family %q", spec.Name, spec.Family)
 		}
@@ -126,8 +127,24 @@ func (f *FakeIPSet) Test(set string, m Member) (bool, error) {
 	if why := validMember(s.spec, m); why != "" {
 		return false, fmt.Errorf("ipset test %s %s: %s", set, m, why)
 	}
-	_, ok = s.members[m]
-	return ok, nil
+	if _, ok = s.members[m]; ok {
+		return true, nil
+	}
+	// As the kernel: a host address in a network field matches every
+	// member whose network holds it.
+	for o := range s.members {
+		if m.Proto == o.Proto && m.Port == o.Port && m.IP2 == o.IP2 &&
+			coveredBy(m.Net, o.Net) && coveredBy(m.Net2, o.Net2) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// coveredBy reports whether a test value p matches a member's field q:
+// equal, or p a host address inside network q.
+func coveredBy(p, q netip.Prefix) bool {
+	return p == q || (p.IsSingleIP() && q.Contains(p.Addr()))
 }
 
 func (f *FakeIPSet) Swap(a, b string) error {

@@ -26,7 +26,9 @@ type IPSet interface {
 	// Del removes a member; ErrNotFound if the member or the set is absent.
 	Del(set string, m Member) error
 	// Test reports whether m is in the set; ErrNotFound if the set is
-	// absent. It is the cheap way to check that a set exists: Get transfers
+	// absent. As in the kernel, a host address in a network field (of
+	// hash:net,port or hash:ip,port,net) matches any member network holding
+	// it. It is the cheap way to check that a set exists: Get transfers
 	// every member.
 	Test(set string, m Member) (bool, error)
 	// Swap exchanges the contents (and sizes) of two sets of the same type
@@ -47,9 +49,10 @@ type SetType string
 // carries a protocol attribute, which the kernel's bitmap:port refuses
 // ("invalid protocol", measured on 6.18).
 const (
-	HashIPPort   SetType = "hash:ip,port"
-	HashIPPortIP SetType = "hash:ip,port,ip"
-	HashNetPort  SetType = "hash:net,port"
+	HashIPPort    SetType = "hash:ip,port"
+	HashIPPortIP  SetType = "hash:ip,port,ip"
+	HashIPPortNet SetType = "hash:ip,port,net"
+	HashNetPort   SetType = "hash:net,port"
 )
 
 // Family is an ipset address family.
@@ -93,6 +96,7 @@ type Set struct {
 //	hash:ip,port      Net (full-length prefix), Proto, Port
 //	hash:net,port     Net, Proto, Port
 //	hash:ip,port,ip   Net (full-length prefix), Proto, Port, IP2
+//	hash:ip,port,net  Net (full-length prefix), Proto, Port, Net2
 //
 // Member is comparable, so it can key maps; String gives ipset's own text
 // form, e.g. "10.96.0.10,tcp:80".
@@ -101,6 +105,7 @@ type Member struct {
 	Proto uint8 // IP protocol number (6 tcp, 17 udp, 132 sctp)
 	Port  uint16
 	IP2   netip.Addr
+	Net2  netip.Prefix
 }
 
 // IP protocol numbers used in set members.
@@ -127,18 +132,32 @@ func IPPortIPMember(ip netip.Addr, proto uint8, port uint16, ip2 netip.Addr) Mem
 	return m
 }
 
+// IPPortNetMember is a hash:ip,port,net member.
+func IPPortNetMember(ip netip.Addr, proto uint8, port uint16, net netip.Prefix) Member {
+	m := IPPortMember(ip, proto, port)
+	m.Net2 = net.Masked()
+	return m
+}
+
 func (m Member) String() string {
 	var b strings.Builder
-	if m.Net.IsSingleIP() {
-		b.WriteString(m.Net.Addr().String())
-	} else {
-		b.WriteString(m.Net.String())
-	}
+	b.WriteString(prefixString(m.Net))
 	fmt.Fprintf(&b, ",%s:%d", protoName(m.Proto), m.Port)
 	if m.IP2.IsValid() {
 		b.WriteString("," + m.IP2.String())
 	}
+	if m.Net2.IsValid() {
+		b.WriteString("," + prefixString(m.Net2))
+	}
 	return b.String()
+}
+
+// prefixString prints a prefix as ipset does: a host prefix as its address.
+func prefixString(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
 }
 
 // probeMember returns some member valid for spec, to Test a set's
@@ -151,6 +170,8 @@ func probeMember(spec SetSpec) Member {
 	switch spec.Type {
 	case HashIPPortIP:
 		return IPPortIPMember(ip, protoTCP, 1, ip)
+	case HashIPPortNet:
+		return IPPortNetMember(ip, protoTCP, 1, netip.PrefixFrom(ip, ip.BitLen()))
 	case HashNetPort:
 		return NetPortMember(netip.PrefixFrom(ip, ip.BitLen()), protoTCP, 1)
 	}
@@ -158,7 +179,7 @@ func probeMember(spec SetSpec) Member {
 }
 
 // compareMembers orders members numerically (address, prefix length,
-// protocol, port, second address) for deterministic dumps.
+// protocol, port, second address, second network) for deterministic dumps.
 func compareMembers(a, b Member) int {
 	if c := a.Net.Addr().Compare(b.Net.Addr()); c != 0 {
 		return c
@@ -172,7 +193,13 @@ func compareMembers(a, b Member) int {
 	if c := cmp.Compare(a.Port, b.Port); c != 0 {
 		return c
 	}
-	return a.IP2.Compare(b.IP2)
+	if c := a.IP2.Compare(b.IP2); c != 0 {
+		return c
+	}
+	if c := a.Net2.Addr().Compare(b.Net2.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Net2.Bits(), b.Net2.Bits())
 }
 
 func protoName(p uint8) string {
@@ -204,7 +231,7 @@ func protoNumber(p dataplane.Protocol) (uint8, bool) {
 // "" if it can. The fake uses it to refuse what the kernel would refuse.
 func validMember(spec SetSpec, m Member) string {
 	switch spec.Type {
-	case HashIPPort, HashNetPort, HashIPPortIP:
+	case HashIPPort, HashNetPort, HashIPPortIP, HashIPPortNet:
 		if !m.Net.IsValid() {
 			return "missing address"
 		}
@@ -226,6 +253,18 @@ func validMember(spec SetSpec, m Member) string {
 		}
 		if m.IP2.IsValid() && m.IP2.Is4() != m.Net.Addr().Is4() {
 			return "second address family differs"
+		}
+		if (spec.Type == HashIPPortNet) != m.Net2.IsValid() {
+			return "second network must be set exactly for hash:ip,port,net"
+		}
+		if m.Net2.IsValid() {
+			if m.Net2.Addr().Is4() != m.Net.Addr().Is4() {
+				return "second network family differs"
+			}
+			if m.Net2.Bits() == 0 {
+				// As for hash:net,port: 1..32 (1..128) only.
+				return "prefix length 0 is not allowed"
+			}
 		}
 		return ""
 	}

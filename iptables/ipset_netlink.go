@@ -104,6 +104,9 @@ func (s *NetlinkIPSet) Create(spec SetSpec) error {
 }
 
 func (s *NetlinkIPSet) Add(set string, m Member) error {
+	if err := encodable(m); err != nil {
+		return fmt.Errorf("ipset add %s %s: %w", set, m, err)
+	}
 	if err := s.h.IpsetAdd(set, entryFromMember(m)); err != nil {
 		return fmt.Errorf("ipset add %s %s: %w", set, m, mapIPSetErr(err, ErrExists))
 	}
@@ -111,6 +114,9 @@ func (s *NetlinkIPSet) Add(set string, m Member) error {
 }
 
 func (s *NetlinkIPSet) Del(set string, m Member) error {
+	if err := encodable(m); err != nil {
+		return fmt.Errorf("ipset del %s %s: %w", set, m, err)
+	}
 	if err := s.h.IpsetDel(set, entryFromMember(m)); err != nil {
 		return fmt.Errorf("ipset del %s %s: %w", set, m, mapIPSetErr(err, ErrNotFound))
 	}
@@ -118,6 +124,9 @@ func (s *NetlinkIPSet) Del(set string, m Member) error {
 }
 
 func (s *NetlinkIPSet) Test(set string, m Member) (bool, error) {
+	if err := encodable(m); err != nil {
+		return false, fmt.Errorf("ipset test %s %s: %w", set, m, err)
+	}
 	ok, err := s.h.IpsetTest(set, entryFromMember(m))
 	if err != nil {
 		return false, fmt.Errorf("ipset test %s %s: %w", set, m, mapIPSetErr(err, nil))
@@ -190,6 +199,16 @@ func familyFromKernel(f uint8) Family {
 	return Family(fmt.Sprintf("family-%d", f))
 }
 
+// encodable refuses a network of prefix length 0: the library sends no
+// CIDR attribute for 0, which the kernel would take as a host address
+// (0.0.0.0/32) instead of refusing the network, as it refuses /0 itself.
+func encodable(m Member) error {
+	if (m.Net.IsValid() && m.Net.Bits() == 0) || (m.Net2.IsValid() && m.Net2.Bits() == 0) {
+		return errors.New("prefix length 0 is not allowed")
+	}
+	return nil
+}
+
 func entryFromMember(m Member) *netlink.IPSetEntry {
 	port, proto := m.Port, m.Proto
 	e := &netlink.IPSetEntry{Port: &port, Protocol: &proto, IP: net.IP(m.Net.Addr().AsSlice())}
@@ -198,6 +217,12 @@ func entryFromMember(m Member) *netlink.IPSetEntry {
 	}
 	if m.IP2.IsValid() {
 		e.IP2 = net.IP(m.IP2.AsSlice())
+	}
+	if m.Net2.IsValid() {
+		// hash:ip,port,net: the network travels as IP2 with CIDR2 (the
+		// kernel takes a missing CIDR2 as a host prefix; send it always).
+		e.IP2 = net.IP(m.Net2.Addr().AsSlice())
+		e.CIDR2 = uint8(m.Net2.Bits())
 	}
 	return e
 }
@@ -220,12 +245,22 @@ func memberFromEntry(t SetType, e netlink.IPSetEntry) (Member, error) {
 	if e.Protocol != nil {
 		m.Proto = *e.Protocol
 	}
-	if t == HashIPPortIP {
+	switch t {
+	case HashIPPortIP, HashIPPortNet:
 		ip2, ok := netip.AddrFromSlice(e.IP2)
 		if !ok {
 			return m, fmt.Errorf("member without a valid second address: %+v", e)
 		}
-		m.IP2 = ip2.Unmap()
+		ip2 = ip2.Unmap()
+		if t == HashIPPortIP {
+			m.IP2 = ip2
+			break
+		}
+		bits := ip2.BitLen()
+		if e.CIDR2 != 0 {
+			bits = int(e.CIDR2)
+		}
+		m.Net2 = netip.PrefixFrom(ip2, bits)
 	}
 	return m, nil
 }

@@ -77,7 +77,43 @@ func buildChains(cfg Config, fam Family, nonEmpty func(set string) bool) []Desir
 			rule(comment("node port traffic"), []string{"-m", "addrtype", "--dst-type", "LOCAL"}, jump(chainNodePort)))
 	}
 	chains = append(chains, services, postroutingChain(cfg, fam, nonEmpty), forwardChain(cfg))
+	for _, table := range []string{TableFilter, TableMangle} {
+		chains = append(chains, firewallChains(table, fam, nonEmpty)...)
+	}
 	return chains
+}
+
+// firewallChains are the loadBalancerSourceRanges firewall in table, as
+// kube-proxy's IPVS mode has it: SWITCHYARD-PROXY-FIREWALL (always there:
+// the hooks jump to it) sends packets to a load balancer IP and port of a
+// Service with ranges (the FW set) to SWITCHYARD-SOURCE-RANGES-FW, which
+// returns for sources inside the ranges (SOURCE-CIDR, matched
+// dst,dst,src), for the LB IP itself as source when a node IP is inside
+// one (SOURCE-IP), and drops the rest, whether or not the Service has
+// endpoints. Only the LB IPs are filtered, never the Service's cluster
+// IPs, external IPs or NodePorts.
+//
+// The same chains go to filter and mangle; see buildHooks for which
+// packets each sees.
+func firewallChains(table string, fam Family, nonEmpty func(string) bool) []DesiredChain {
+	n := func(base string) string { return setName(fam, base) }
+	fw := DesiredChain{Table: table, Name: chainFirewall}
+	if !nonEmpty(n(setLoadBalancerFW)) {
+		return []DesiredChain{fw}
+	}
+	ranges := DesiredChain{Table: table, Name: chainSourceRanges}
+	if nonEmpty(n(setLoadBalancerSourceCIDR)) {
+		ranges.Rules = append(ranges.Rules, rule(comment("source inside loadBalancerSourceRanges"),
+			matchSet(n(setLoadBalancerSourceCIDR), "dst,dst,src"), jump("RETURN")))
+	}
+	if nonEmpty(n(setLoadBalancerSourceIP)) {
+		ranges.Rules = append(ranges.Rules, rule(comment("load balancer IP as source from this node, a node IP being inside the ranges"),
+			matchSet(n(setLoadBalancerSourceIP), "dst,dst,src"), jump("RETURN")))
+	}
+	ranges.Rules = append(ranges.Rules, rule(comment("source outside loadBalancerSourceRanges"), jump("DROP")))
+	fw.Rules = append(fw.Rules, rule(comment("load balancer IP with loadBalancerSourceRanges"),
+		matchSet(n(setLoadBalancerFW), "dst,dst"), jump(chainSourceRanges)))
+	return []DesiredChain{ranges, fw}
 }
 
 // clusterIPRules returns the SERVICES rule for cluster IPs and, with
@@ -182,6 +218,29 @@ func forwardChain(cfg Config) DesiredChain {
 }
 
 // buildHooks returns the jumps from built-in chains into ours.
+//
+// The loadBalancerSourceRanges firewall needs two hooks, because IPVS
+// takes packets to a virtual server at different points depending on
+// where they come from:
+//
+//   - From another host or a pod, a packet to a load balancer IP (bound
+//     on the node, on the IPVS dummy link) is delivered locally: filter
+//     INPUT (priority 0) sees it before IPVS picks a real server at
+//     LOCAL_IN (priority NF_IP_PRI_NAT_SRC-1).
+//   - From the node itself, IPVS schedules the connection at LOCAL_OUT
+//     (priority NF_IP_PRI_NAT_DST+2 = -98) and sends it on to the real
+//     server: it never reaches INPUT, and filter OUTPUT (priority 0) only
+//     sees the real server's address. mangle OUTPUT (-150) still sees the
+//     load balancer IP. (kube-proxy instead drops, in filter OUTPUT, the
+//     node's connections whose source is the LB IP with the xt_ipvs match,
+//     one rule per LB IP, when no node IP is inside the ranges; the same
+//     chains in mangle give the same verdicts as for any other source.)
+//
+// No hook in FORWARD (kube-proxy shares one with its iptables mode, whose
+// LB IPs are not local): every LB IP in the FW set is bound on the node,
+// so packets to it are delivered locally, not forwarded; replies from the
+// real servers cross FORWARD with the client as destination and get the
+// LB IP as source only after it, from IPVS.
 func buildHooks() []Hook {
 	hook := func(table, from, to, what string) Hook {
 		return Hook{Table: table, Chain: from, Rule: rule(comment(hookCommentPrefix+what), jump(to))}
@@ -191,6 +250,8 @@ func buildHooks() []Hook {
 		hook(TableNAT, builtinOutput, chainServices, "service portals"),
 		hook(TableNAT, builtinPostrouting, chainPostrouting, "postrouting rules"),
 		hook(TableFilter, builtinForward, chainForward, "forwarding rules"),
+		hook(TableFilter, builtinInput, chainFirewall, "load balancer source ranges"),
+		hook(TableMangle, builtinOutput, chainFirewall, "load balancer source ranges, from this node"),
 	}
 }
 

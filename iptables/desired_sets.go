@@ -32,7 +32,10 @@ func setDefs(fam Family) []setDef {
 		{setExternalIP, HashIPPort},
 		{setExternalIPLocal, HashIPPort},
 		{setLoadBalancer, HashIPPort},
+		{setLoadBalancerFW, HashIPPort},
 		{setLoadBalancerLocal, HashIPPort},
+		{setLoadBalancerSourceCIDR, HashIPPortNet},
+		{setLoadBalancerSourceIP, HashIPPortIP},
 		{setLoopBack, HashIPPortIP},
 		{setNodePortLocalSCTP, HashNetPort},
 		{setNodePortLocalTCP, HashNetPort},
@@ -108,11 +111,35 @@ func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struc
 				}
 			}
 		}
+		ranges := sourceRanges(sp.LoadBalancerSourceRanges, fam)
+		allowFromNode := slices.ContainsFunc(st.NodeIPs, func(a netip.Addr) bool {
+			return slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(a.Unmap()) })
+		})
 		for _, ip := range sp.LoadBalancerIPs {
 			if ip, ok := inFamily(ip); ok {
 				add(setLoadBalancer, IPPortMember(ip, proto, sp.Port))
 				if sp.ExternalPolicyLocal {
 					add(setLoadBalancerLocal, IPPortMember(ip, proto, sp.Port))
+				}
+				// loadBalancerSourceRanges (kube-proxy's firewall), with
+				// or without endpoints. Ranges of the other family only
+				// leave this family's LB IPs unfiltered, as in
+				// kube-proxy's per-family proxiers and the nftables
+				// dataplane.
+				if len(ranges) == 0 {
+					continue
+				}
+				add(setLoadBalancerFW, IPPortMember(ip, proto, sp.Port))
+				for _, p := range ranges {
+					add(setLoadBalancerSourceCIDR, IPPortNetMember(ip, proto, sp.Port, p))
+				}
+				// kube-proxy's "allowFromNode": where the LB IP is bound
+				// on the node (as the IPVS dataplane binds it on its
+				// dummy link), the node's own requests to it carry the LB
+				// IP itself as source; they pass when one of the node's
+				// addresses lies inside a range.
+				if allowFromNode {
+					add(setLoadBalancerSourceIP, IPPortIPMember(ip, proto, sp.Port, ip))
 				}
 			}
 		}
@@ -137,6 +164,39 @@ func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struc
 		}
 	}
 	return out
+}
+
+// sourceRanges returns the loadBalancerSourceRanges of family fam as
+// hash:ip,port,net can hold them: an IPv4-mapped IPv6 range becomes the
+// IPv4 range it means, and a /0 (which the kernel refuses in a net type,
+// as for NodePorts) its two /1 halves.
+func sourceRanges(ps []netip.Prefix, fam Family) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+		if !p.IsValid() || p.Addr().Is4() != (fam == FamilyINet) {
+			continue
+		}
+		p = p.Masked()
+		if p.Bits() == 0 {
+			half := netip.MustParsePrefix("128.0.0.0/1")
+			if fam == FamilyINet6 {
+				half = netip.MustParsePrefix("8000::/1")
+			}
+			out = append(out, netip.PrefixFrom(p.Addr(), 1), half)
+			continue
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Bits(), b.Bits())
+	})
+	return slices.Compact(out)
 }
 
 func nodePortSets(proto uint8) (all, local string) {

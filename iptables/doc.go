@@ -2,7 +2,8 @@
 // way kube-proxy's IPVS mode does: ipsets hold every service frontend (and
 // every endpoint, for hairpin detection), and a few iptables chains mark
 // packets to those frontends with the masquerade bit; POSTROUTING then
-// masquerades marked packets and hairpin traffic.
+// masquerades marked packets and hairpin traffic. It also filters load
+// balancer traffic by loadBalancerSourceRanges (see below).
 //
 // The package has three layers:
 //
@@ -54,6 +55,22 @@
 // Nothing here ACCEPTs in nat (kube-proxy's IPVS mode ends KUBE-SERVICES with
 // ACCEPT for cluster IPs): whatever follows our hook in a built-in nat chain
 // still sees every packet.
+//
+// # loadBalancerSourceRanges
+//
+// As kube-proxy's IPVS mode: SWITCHYARD-LOAD-BALANCER-FW holds the LB IP and
+// port of every Service with ranges (of the Proxier's family), whether or
+// not it has endpoints; SWITCHYARD-LB-SOURCE-CIDR holds LB IP, port and
+// each range (hash:ip,port,net, a /0 as two /1); SWITCHYARD-LB-SOURCE-IP
+// holds LB IP, port and the LB IP again when one of the node's addresses
+// (State.NodeIPs) is inside a range: the node's own requests to an LB IP
+// bound on it carry that IP as source. SWITCHYARD-PROXY-FIREWALL sends
+// packets matching the FW set to SWITCHYARD-SOURCE-RANGES-FW, which returns
+// for the two others and drops the rest. Cluster IPs, external IPs and
+// NodePorts are never filtered. The chains are hooked from filter INPUT
+// (other hosts and pods: before IPVS at LOCAL_IN) and from mangle OUTPUT
+// (the node itself: IPVS takes those connections at LOCAL_OUT, before
+// filter OUTPUT, and they never reach INPUT); see buildHooks.
 //
 // # Sets
 //

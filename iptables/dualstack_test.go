@@ -92,13 +92,15 @@ func syncChain(t *testing.T, c dataplane.Chain, st *dataplane.State, ch dataplan
 }
 
 // dualState is the golden dual-stack State: smallState plus IPv6 frontends
-// and endpoints, and an IPv6-only Service.
+// and endpoints, IPv6 source ranges (none holding a node IP), and an
+// IPv6-only Service.
 func dualState(t testing.TB) *dataplane.State {
-	return newState(t,
+	st := newState(t,
 		svc{ns: "default", name: "web", port: "http", proto: dataplane.TCP, svcPort: 80, nodePort: 30080,
 			clusterIPs: []string{"10.96.0.10", "fd00:96::10"}, externalIPs: []string{"192.0.2.10", "2001:db8::10"},
-			lbIPs:     []string{"198.51.100.10", "2001:db8:1::10"},
-			endpoints: []string{"10.244.1.2:8080", "10.244.2.3:8080", "[fd00:244:0:1::2]:8080", "[fd00:244:0:2::3]:8080"}},
+			lbIPs:        []string{"198.51.100.10", "2001:db8:1::10"},
+			sourceRanges: []string{"203.0.113.0/24", "192.168.10.0/24", "2001:db8:77::/48"},
+			endpoints:    []string{"10.244.1.2:8080", "10.244.2.3:8080", "[fd00:244:0:1::2]:8080", "[fd00:244:0:2::3]:8080"}},
 		svc{ns: "kube-system", name: "dns", port: "dns", proto: dataplane.UDP, svcPort: 53, nodePort: 30053,
 			clusterIPs: []string{"10.96.0.53", "fd00:96::53"}, endpoints: []string{"10.244.1.5:53", "[fd00:244:0:1::5]:53"}},
 		svc{ns: "default", name: "sig", port: "", proto: dataplane.SCTP, svcPort: 9000, nodePort: 30900,
@@ -107,6 +109,8 @@ func dualState(t testing.TB) *dataplane.State {
 			clusterIPs: []string{"fd00:96::443"}, lbIPs: []string{"2001:db8:1::443"},
 			endpoints: []string{"[fd00:244:0:1::9]:8443"}},
 	)
+	st.NodeIPs = []netip.Addr{netip.MustParseAddr("192.168.10.5"), netip.MustParseAddr("fd00:10::5")}
+	return st
 }
 
 // The IPv6 desired state, golden: ip6tables rules with IPv6 prefixes and

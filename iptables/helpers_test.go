@@ -25,6 +25,7 @@ type svc struct {
 	externalIPs    []string
 	lbIPs          []string
 	local          bool     // externalTrafficPolicy: Local
+	sourceRanges   []string // loadBalancerSourceRanges
 	endpoints      []string // "ip:port", all ready
 }
 
@@ -33,6 +34,15 @@ func addrs(t testing.TB, ss []string) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range ss {
 		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+func prefixes(t testing.TB, ss []string) []netip.Prefix {
+	t.Helper()
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s).Masked())
 	}
 	return out
 }
@@ -54,7 +64,7 @@ func addService(t testing.TB, st *dataplane.State, s svc) {
 	st.Services[name] = &dataplane.ServicePort{
 		Name: name, Port: s.svcPort, NodePort: s.nodePort,
 		ClusterIPs: addrs(t, s.clusterIPs), ExternalIPs: addrs(t, s.externalIPs), LoadBalancerIPs: addrs(t, s.lbIPs),
-		ExternalPolicyLocal: s.local,
+		ExternalPolicyLocal: s.local, LoadBalancerSourceRanges: prefixes(t, s.sourceRanges),
 	}
 	var eps []dataplane.Endpoint
 	for _, e := range s.endpoints {
@@ -67,18 +77,21 @@ func addService(t testing.TB, st *dataplane.State, s svc) {
 }
 
 // smallState is the golden State: a TCP Service with cluster, external and
-// load balancer IPs, a NodePort and two endpoints, plus UDP and SCTP
-// NodePort Services.
+// load balancer IPs, loadBalancerSourceRanges (one holding the node's IP),
+// a NodePort and two endpoints, plus UDP and SCTP NodePort Services.
 func smallState(t testing.TB) *dataplane.State {
-	return newState(t,
+	st := newState(t,
 		svc{ns: "default", name: "web", port: "http", proto: dataplane.TCP, svcPort: 80, nodePort: 30080,
 			clusterIPs: []string{"10.96.0.10"}, externalIPs: []string{"192.0.2.10"}, lbIPs: []string{"198.51.100.10"},
-			endpoints: []string{"10.244.1.2:8080", "10.244.2.3:8080"}},
+			sourceRanges: []string{"203.0.113.0/24", "192.168.10.0/24"},
+			endpoints:    []string{"10.244.1.2:8080", "10.244.2.3:8080"}},
 		svc{ns: "kube-system", name: "dns", port: "dns", proto: dataplane.UDP, svcPort: 53, nodePort: 30053,
 			clusterIPs: []string{"10.96.0.53"}, endpoints: []string{"10.244.1.5:53"}},
 		svc{ns: "default", name: "sig", port: "", proto: dataplane.SCTP, svcPort: 9000, nodePort: 30900,
 			clusterIPs: []string{"10.96.0.90"}},
 	)
+	st.NodeIPs = []netip.Addr{netip.MustParseAddr("192.168.10.5")}
+	return st
 }
 
 // testConfig is the golden Config: one cluster CIDR, drop-invalid on.

@@ -272,7 +272,7 @@ func testKernelSNAT(t *testing.T, binary string) {
 				t.Fatalf("cleanup %d: %v", i, err)
 			}
 		}
-		assertNoOwnedObjects(t, topo)
+		assertNoOwnedObjects(t, topo.sets, topo.tables)
 		foreign.check(t)
 		if got := seenSource(t, topo.client, nodePortAddr); got != clientAddr {
 			t.Errorf("after Cleanup NodePort traffic arrived from %s, want unmasqueraded %s", got, clientAddr)
@@ -340,9 +340,9 @@ func (f *foreignObjects) check(t *testing.T) {
 	}
 }
 
-func assertNoOwnedObjects(t *testing.T, topo *snatTopology) {
+func assertNoOwnedObjects(t *testing.T, sets IPSet, tables Tables) {
 	t.Helper()
-	names, err := topo.sets.ListNames()
+	names, err := sets.ListNames()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +352,7 @@ func assertNoOwnedObjects(t *testing.T, topo *snatTopology) {
 		}
 	}
 	for _, table := range tableNames() {
-		chains, err := topo.tables.ListChains(table)
+		chains, err := tables.ListChains(table)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -360,7 +360,7 @@ func assertNoOwnedObjects(t *testing.T, topo *snatTopology) {
 			if isOwned(c) {
 				t.Errorf("chain %s %s left after Cleanup", table, c)
 			}
-			rules, err := topo.tables.ListRules(table, c)
+			rules, err := tables.ListRules(table, c)
 			if err != nil {
 				t.Fatal(err)
 			}

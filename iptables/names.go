@@ -27,8 +27,10 @@ const hookCommentPrefix = "switchyard "
 const (
 	TableNAT    = "nat"
 	TableFilter = "filter"
+	TableMangle = "mangle"
 
 	builtinPrerouting  = "PREROUTING"
+	builtinInput       = "INPUT"
 	builtinOutput      = "OUTPUT"
 	builtinPostrouting = "POSTROUTING"
 	builtinForward     = "FORWARD"
@@ -39,15 +41,17 @@ const (
 func builtinChains(table string) []string {
 	switch table {
 	case TableNAT:
-		return []string{builtinPrerouting, "INPUT", builtinOutput, builtinPostrouting}
+		return []string{builtinPrerouting, builtinInput, builtinOutput, builtinPostrouting}
 	case TableFilter:
-		return []string{"INPUT", builtinForward, builtinOutput}
+		return []string{builtinInput, builtinForward, builtinOutput}
+	case TableMangle:
+		return []string{builtinPrerouting, builtinInput, builtinForward, builtinOutput, builtinPostrouting}
 	}
 	return nil
 }
 
 // tableNames lists the tables used, in apply order.
-func tableNames() []string { return []string{TableNAT, TableFilter} }
+func tableNames() []string { return []string{TableNAT, TableFilter, TableMangle} }
 
 // Chains owned by this package.
 const (
@@ -59,6 +63,13 @@ const (
 	chainLoadBalancer = "SWITCHYARD-LOAD-BALANCER"
 	chainExternalIP   = "SWITCHYARD-EXTERNAL-IP"
 	chainForward      = "SWITCHYARD-FORWARD"
+	// chainFirewall is hooked from filter INPUT and mangle OUTPUT and
+	// sends load balancer traffic of Services with
+	// loadBalancerSourceRanges to chainSourceRanges (kube-proxy's
+	// KUBE-PROXY-FIREWALL and KUBE-SOURCE-RANGES-FIREWALL; the latter's
+	// name with our prefix would exceed XT_EXTENSION_MAXNAMELEN).
+	chainFirewall     = "SWITCHYARD-PROXY-FIREWALL"
+	chainSourceRanges = "SWITCHYARD-SOURCE-RANGES-FW"
 )
 
 // Sets owned by this package, by their IPv4 names (see setName for IPv6).
@@ -77,6 +88,15 @@ const (
 	setNodePortLocalTCP  = "SWITCHYARD-NODE-PORT-LOCAL-TCP"
 	setNodePortLocalUDP  = "SWITCHYARD-NODE-PORT-LOCAL-UDP"
 	setNodePortLocalSCTP = "SWITCHYARD-NODE-PORT-LOCAL-SCTP"
+	// The loadBalancerSourceRanges firewall (kube-proxy's
+	// KUBE-LOAD-BALANCER-FW, -SOURCE-CIDR and -SOURCE-IP). With our prefix
+	// kube-proxy's SOURCE-CIDR and SOURCE-IP names exceed IPSET_MAXNAMELEN
+	// in both families (36 and 34 characters for IPv4), so those two say
+	// LB instead of LOAD-BALANCER, in both families alike; the FW set keeps
+	// kube-proxy's name, which fits (SWITCHYARD6-LOAD-BALANCER-FW: 28).
+	setLoadBalancerFW         = "SWITCHYARD-LOAD-BALANCER-FW"
+	setLoadBalancerSourceCIDR = "SWITCHYARD-LB-SOURCE-CIDR"
+	setLoadBalancerSourceIP   = "SWITCHYARD-LB-SOURCE-IP"
 )
 
 // maxSetNameLen is IPSET_MAXNAMELEN (32) minus the NUL.

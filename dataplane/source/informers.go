@@ -105,16 +105,33 @@ func RunInformers(ctx context.Context, client kubernetes.Interface, nodeName str
 	factories := []informers.SharedInformerFactory{svcFactory, sliceFactory, nodeFactory}
 
 	ev := informerEvents{h: h, notify: notify, nodeName: nodeName}
-	var synced []cache.InformerSynced
-	for _, reg := range []struct {
+	type registration struct {
 		what     string
 		informer cache.SharedIndexInformer
 		handler  cache.ResourceEventHandler
-	}{
+	}
+	regs := []registration{
 		{"Service", svcFactory.Core().V1().Services().Informer(), ev.serviceHandler()},
 		{"EndpointSlice", sliceFactory.Discovery().V1().EndpointSlices().Informer(), ev.sliceHandler()},
 		{"Node", nodeFactory.Core().V1().Nodes().Informer(), ev.nodeHandler()},
-	} {
+	}
+	// Pods only for a handler that consumes them (hostPort), and only this
+	// node's: the field selector keeps the watch (and the cache) to the
+	// Pods scheduled here, as the kubelet's own watch.
+	ph, wantPods := h.(PodHandler)
+	podSel := fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
+	if wantPods {
+		podFactory := informers.NewSharedInformerFactoryWithOptions(client, opts.ResyncPeriod,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = podSel }))
+		factories = append(factories, podFactory)
+		inf := podFactory.Core().V1().Pods().Informer()
+		if err := inf.SetTransform(TrimPod); err != nil {
+			return fmt.Errorf("informers: Pod transform: %w", err)
+		}
+		regs = append(regs, registration{"Pod", inf, ev.podHandler(ph)})
+	}
+	var synced []cache.InformerSynced
+	for _, reg := range regs {
 		r, err := reg.informer.AddEventHandler(reg.handler)
 		if err != nil {
 			return fmt.Errorf("informers: adding %s handler: %w", reg.what, err)
@@ -135,12 +152,18 @@ func RunInformers(ctx context.Context, client kubernetes.Interface, nodeName str
 		}
 	}()
 
+	if wantPods {
+		klog.InfoS("Watching this node's Pods for host ports", "fieldSelector", podSel)
+	}
 	klog.InfoS("Waiting for informer caches to sync", "serviceSelector", svcSel, "endpointSliceSelector", sliceSel, "node", nodeName)
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("informers: waiting for caches to sync: %w", context.Cause(ctx))
 	}
 	h.SetServicesSynced()
 	h.SetEndpointSlicesSynced()
+	if wantPods {
+		ph.SetPodsSynced()
+	}
 	notify()
 	klog.InfoS("Informer caches synced")
 
@@ -237,6 +260,54 @@ func (e informerEvents) nodeHandler() cache.ResourceEventHandler {
 			e.notify()
 		},
 	}
+}
+
+func (e informerEvents) podHandler(ph PodHandler) cache.ResourceEventHandler {
+	upsert := upserter(e, "Pod", func(pod *v1.Pod) bool {
+		if pod.Spec.NodeName != e.nodeName {
+			return false
+		}
+		ph.OnPodUpsert(pod)
+		return true
+	})
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    upsert,
+		UpdateFunc: func(_, obj any) { upsert(obj) },
+		DeleteFunc: func(obj any) {
+			ns, name, ok := deletedKey[*v1.Pod](obj)
+			if !ok {
+				return
+			}
+			ph.OnPodDelete(ns, name)
+			e.notify()
+		},
+	}
+}
+
+// TrimPod is the Pod informer's transform: it keeps only what host port
+// mapping reads (identity, creation and deletion times, node, phase, pod
+// IPs, container ports), so the cache holds a fraction of each Pod.
+// Anything else passes through unchanged.
+func TrimPod(obj any) (any, error) {
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	out := &v1.Pod{
+		TypeMeta: pod.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			CreationTimestamp: pod.CreationTimestamp, DeletionTimestamp: pod.DeletionTimestamp,
+		},
+		Spec: v1.PodSpec{NodeName: pod.Spec.NodeName, HostNetwork: pod.Spec.HostNetwork},
+		Status: v1.PodStatus{Phase: pod.Status.Phase, PodIP: pod.Status.PodIP, PodIPs: pod.Status.PodIPs},
+	}
+	for _, c := range pod.Spec.Containers {
+		if len(c.Ports) > 0 {
+			out.Spec.Containers = append(out.Spec.Containers, v1.Container{Name: c.Name, Ports: c.Ports})
+		}
+	}
+	return out, nil
 }
 
 // deletedKey returns the namespace and name of a deleted object, which is

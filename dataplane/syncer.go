@@ -15,6 +15,26 @@ type Triggerable interface {
 	SetTrigger(func())
 }
 
+// SyncObserver follows the sync loop (the agent's health and metrics).
+// Calls come from the sources' goroutines (Queued) and the sync goroutine
+// (Synced); implementations must be safe for that.
+type SyncObserver interface {
+	// Queued: a change arrived and waits for a sync.
+	Queued()
+	// Synced: a sync ran (Err says whether it succeeded).
+	Synced(r SyncResult)
+}
+
+// SyncResult describes one Dataplane.Sync.
+type SyncResult struct {
+	Full            bool
+	Start           time.Time
+	Duration        time.Duration
+	Err             error
+	ServicePorts    int // in the State synced
+	ChangedServices int // in a partial sync
+}
+
 // Syncer is the proxy front end: it drains the Tracker and hands the State to
 // the Dataplane, paced by a Runner. It is the only caller of Dataplane.Sync.
 type Syncer struct {
@@ -22,7 +42,8 @@ type Syncer struct {
 	dp      Dataplane
 	runner  *Runner
 
-	needFull bool // owned by the runner goroutine
+	needFull  bool // owned by the runner goroutine
+	observers []SyncObserver
 
 	mu          sync.Mutex
 	lastSuccess time.Time
@@ -41,8 +62,16 @@ func NewSyncer(t *Tracker, dp Dataplane, minSyncPeriod, syncPeriod time.Duration
 	return s
 }
 
+// Observe adds o to the observers of the loop. Call it before Run.
+func (s *Syncer) Observe(o SyncObserver) { s.observers = append(s.observers, o) }
+
 // Notify schedules a sync; sources call it after each event.
-func (s *Syncer) Notify() { s.runner.Run() }
+func (s *Syncer) Notify() {
+	for _, o := range s.observers {
+		o.Queued()
+	}
+	s.runner.Run()
+}
 
 // Run syncs until ctx is done.
 func (s *Syncer) Run(ctx context.Context) { s.runner.Loop(ctx) }
@@ -67,6 +96,10 @@ func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
 	start := time.Now()
 	err := s.dp.Sync(ctx, st, changes)
 	elapsed := time.Since(start)
+	res := SyncResult{Full: changes.Full, Start: start, Duration: elapsed, Err: err, ServicePorts: len(st.Services), ChangedServices: len(changes.Services)}
+	for _, o := range s.observers {
+		o.Synced(res)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {

@@ -91,3 +91,49 @@ func TestSyncerHandsTriggerToDataplane(t *testing.T) {
 		t.Fatal("Triggerable dataplane got no trigger")
 	}
 }
+
+type recordingObserver struct {
+	queued  int
+	results []SyncResult
+}
+
+func (o *recordingObserver) Queued()             { o.queued++ }
+func (o *recordingObserver) Synced(r SyncResult) { o.results = append(o.results, r) }
+
+// TestSyncerObservers: Notify queues, each sync that runs reports what it
+// did (full or partial, sizes, error); syncs skipped before the sources
+// are ready report nothing.
+func TestSyncerObservers(t *testing.T) {
+	tr := NewTracker("node-a", TranslateOptions{}, nil)
+	dp := &recordingDataplane{}
+	s := NewSyncer(tr, dp, 0, 0)
+	o := &recordingObserver{}
+	s.Observe(o)
+	ctx := context.Background()
+
+	tr.OnServiceUpsert(svc("demo", "web"))
+	s.Notify()
+	s.Notify()
+	_ = s.syncOnce(ctx, false)
+	if o.queued != 2 || len(o.results) != 0 {
+		t.Fatalf("before sources synced: queued %d, results %+v", o.queued, o.results)
+	}
+	tr.SetServicesSynced()
+	tr.SetEndpointSlicesSynced()
+	if err := s.syncOnce(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	tr.OnServiceUpsert(svc("demo", "api"))
+	dp.fail = errors.New("no")
+	_ = s.syncOnce(ctx, false)
+	if len(o.results) != 2 {
+		t.Fatalf("results %+v", o.results)
+	}
+	first, second := o.results[0], o.results[1]
+	if !first.Full || first.Err != nil || first.ServicePorts != 1 || first.Start.IsZero() {
+		t.Errorf("first %+v", first)
+	}
+	if second.Full || second.Err == nil || second.ChangedServices != 1 || second.ServicePorts != 2 {
+		t.Errorf("second %+v", second)
+	}
+}

@@ -155,6 +155,9 @@ func (t *Tracker) OnNodeUpsert(node *v1.Node) {
 	}
 }
 
+// NodeName is the name of the node the Tracker programs for.
+func (t *Tracker) NodeName() string { return t.nodeName }
+
 // SetNodeIPs fixes this node's addresses (--node-ip, or standalone mode
 // without a Node object); the Node object's addresses are then ignored.
 func (t *Tracker) SetNodeIPs(ips []netip.Addr) {

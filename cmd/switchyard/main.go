@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -75,19 +76,28 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	if len(cfg.nodeIPs) > 0 {
 		tracker.SetNodeIPs(cfg.nodeIPs)
 	}
+	// The agent's own health (/healthz, /livez), kube-proxy's semantics:
+	// unhealthy when a change waited for a sync longer than twice the
+	// sync period.
+	health := healthcheck.NewProxyHealth(2*cfg.syncPeriod, nil)
+	if cfg.healthzBindAddress != "" {
+		addr, err := healthcheck.ServeProxyHealth(ctx, cfg.healthzBindAddress, health)
+		if err != nil {
+			return err
+		}
+		klog.InfoS("Serving health checks", "address", addr.String(), "paths", "/healthz /livez")
+	}
 	// healthCheckNodePort servers come last: they answer for the node only
 	// once the rules before them are in place. Their serviceProxyHealthy is
-	// the sync loop's health.
-	var syncer *dataplane.Syncer
-	hc := healthcheck.New(cfg.nodePortAddresses, func() bool {
-		_, err, n := syncer.Status()
-		return err == nil && n > 0
-	})
-	syncer = dataplane.NewSyncer(tracker, dataplane.Chain{dp, hc}, cfg.minSyncPeriod, cfg.syncPeriod)
+	// the agent's health.
+	hc := healthcheck.New(cfg.nodePortAddresses, health.Healthy)
+	syncer := dataplane.NewSyncer(tracker, dataplane.Chain{dp, hc}, cfg.minSyncPeriod, cfg.syncPeriod)
+	syncer.Observe(health)
 	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
 
+	handler := &agentHandler{Tracker: tracker, health: health}
 	srcErr := make(chan error, 1)
-	go func() { srcErr <- runSource(ctx, cfg, tracker, syncer.Notify) }()
+	go func() { srcErr <- runSource(ctx, cfg, handler, syncer.Notify) }()
 	syncDone := make(chan struct{})
 	go func() { syncer.Run(ctx); close(syncDone) }()
 
@@ -116,4 +126,19 @@ func runSource(ctx context.Context, cfg *config, h source.Handler, notify func()
 		return err
 	}
 	return source.RunInformers(ctx, client, cfg.hostnameOverride, h, notify, source.InformerOptions{ProxyName: cfg.proxyName})
+}
+
+// agentHandler is what the sources feed: the Tracker, with this node's
+// Node object also going to the health server (node deletion fails
+// /healthz).
+type agentHandler struct {
+	*dataplane.Tracker
+	health *healthcheck.ProxyHealth
+}
+
+func (h *agentHandler) OnNodeUpsert(node *v1.Node) {
+	h.Tracker.OnNodeUpsert(node)
+	if node.Name == h.Tracker.NodeName() {
+		h.health.SyncNode(node)
+	}
 }

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,7 +80,8 @@ ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints:
   - addresses: [10.244.1.2]
 `)
-	cfg, err := parseFlags([]string{"--manifests", dir, "--hostname-override", "Node-A", "--min-sync-period", "0"})
+	healthz := freeLoopbackPort(t)
+	cfg, err := parseFlags([]string{"--manifests", dir, "--hostname-override", "Node-A", "--min-sync-period", "0", "--healthz-bind-address", healthz})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +98,21 @@ endpoints:
 	if !dp.full[0] {
 		t.Error("first sync not full")
 	}
+
+	// The health server answers, with the sync's time.
+	waitFor(t, "/healthz after the first sync", func() bool {
+		resp, err := http.Get("http://" + healthz + "/healthz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var body struct {
+			LastUpdated  string `json:"lastUpdated"`
+			NodeEligible bool   `json:"nodeEligible"`
+		}
+		return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&body) == nil &&
+			body.NodeEligible && !strings.HasPrefix(body.LastUpdated, "0001-01-01")
+	})
 
 	// Scale up by editing the file.
 	write("web.yaml", strings.Replace(mustRead(t, filepath.Join(dir, "web.yaml")), "  - addresses: [10.244.1.2]\n", "  - addresses: [10.244.1.2]\n  - addresses: [10.244.1.3]\n", 1))
@@ -117,6 +136,17 @@ endpoints:
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not stop")
 	}
+}
+
+// freeLoopbackPort returns 127.0.0.1:N with N free a moment ago.
+func freeLoopbackPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func mustRead(t *testing.T, path string) string {

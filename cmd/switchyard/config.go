@@ -57,7 +57,7 @@ type config struct {
 
 	// healthzBindAddress serves /healthz and /livez ("" disables).
 	healthzBindAddress string
-	// Reserved: validated and stored, no server listens on it yet.
+	// metricsBindAddress serves /metrics ("" disables).
 	metricsBindAddress string
 
 	// configFile is --config: a KubeProxyConfiguration and/or a
@@ -102,7 +102,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.ipvsUDPTimeout, "ipvs-udp-timeout", 0, "IPVS timeout of UDP flows; 0 leaves the kernel's (300s)")
 	fs.StringVar(&c.dataplane, "dataplane", "auto", "kernel dataplane: auto (IPVS when the kernel has it, else nftables), ipvs or nftables")
 	fs.StringVar(&c.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "IP:port serving /healthz and /livez (kube-proxy's semantics); empty disables")
-	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port for the metrics server (reserved: not served yet)")
+	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port serving Prometheus metrics at /metrics; empty disables")
 	fs.StringVar(&c.configFile, "config", "", "configuration file: a kube-proxy KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and/or a SwitchyardConfiguration (switchyard.io/v1alpha1); flags given on the command line override it")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
 

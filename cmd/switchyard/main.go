@@ -12,10 +12,12 @@ import (
 	"syscall"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/dataplane/healthcheck"
+	"github.com/switchyard/switchyard/dataplane/metrics"
 	"github.com/switchyard/switchyard/dataplane/source"
 )
 
@@ -66,7 +68,10 @@ func mainWithArgs(args []string) int {
 
 // run feeds the chosen source into the tracker and syncs dp until ctx ends.
 func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
+	m := metrics.New(nil)
+	m.SetDataplane(dp.Name())
 	tracker := dataplane.NewTracker(cfg.hostnameOverride, dataplane.TranslateOptions{ProxyName: cfg.proxyName}, func(p dataplane.Problem) {
+		m.ObjectProblem(p)
 		if p.Fatal {
 			klog.ErrorS(nil, "Object rejected", "object", p.Object, "reason", p.Reason, "detail", p.Detail)
 		} else {
@@ -93,9 +98,17 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	hc := healthcheck.New(cfg.nodePortAddresses, health.Healthy)
 	syncer := dataplane.NewSyncer(tracker, dataplane.Chain{dp, hc}, cfg.minSyncPeriod, cfg.syncPeriod)
 	syncer.Observe(health)
+	syncer.Observe(m)
+	if cfg.metricsBindAddress != "" {
+		addr, err := metrics.Serve(ctx, cfg.metricsBindAddress, m)
+		if err != nil {
+			return err
+		}
+		klog.InfoS("Serving metrics", "address", addr.String(), "path", "/metrics")
+	}
 	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
 
-	handler := &agentHandler{Tracker: tracker, health: health}
+	handler := &agentHandler{Tracker: tracker, health: health, metrics: m}
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- runSource(ctx, cfg, handler, syncer.Notify) }()
 	syncDone := make(chan struct{})
@@ -130,10 +143,31 @@ func runSource(ctx context.Context, cfg *config, h source.Handler, notify func()
 
 // agentHandler is what the sources feed: the Tracker, with this node's
 // Node object also going to the health server (node deletion fails
-// /healthz).
+// /healthz), and Service and EndpointSlice events counted.
 type agentHandler struct {
 	*dataplane.Tracker
-	health *healthcheck.ProxyHealth
+	health  *healthcheck.ProxyHealth
+	metrics *metrics.Metrics
+}
+
+func (h *agentHandler) OnServiceUpsert(svc *v1.Service) {
+	h.metrics.ServiceChanged()
+	h.Tracker.OnServiceUpsert(svc)
+}
+
+func (h *agentHandler) OnServiceDelete(namespace, name string) {
+	h.metrics.ServiceChanged()
+	h.Tracker.OnServiceDelete(namespace, name)
+}
+
+func (h *agentHandler) OnEndpointSliceUpsert(slice *discovery.EndpointSlice) {
+	h.metrics.EndpointSliceChanged(slice, false)
+	h.Tracker.OnEndpointSliceUpsert(slice)
+}
+
+func (h *agentHandler) OnEndpointSliceDelete(slice *discovery.EndpointSlice) {
+	h.metrics.EndpointSliceChanged(slice, true)
+	h.Tracker.OnEndpointSliceDelete(slice)
 }
 
 func (h *agentHandler) OnNodeUpsert(node *v1.Node) {

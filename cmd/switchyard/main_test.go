@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -80,8 +81,9 @@ ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints:
   - addresses: [10.244.1.2]
 `)
-	healthz := freeLoopbackPort(t)
-	cfg, err := parseFlags([]string{"--manifests", dir, "--hostname-override", "Node-A", "--min-sync-period", "0", "--healthz-bind-address", healthz})
+	healthz, metricsAddr := freeLoopbackPort(t), freeLoopbackPort(t)
+	cfg, err := parseFlags([]string{"--manifests", dir, "--hostname-override", "Node-A", "--min-sync-period", "0",
+		"--healthz-bind-address", healthz, "--metrics-bind-address", metricsAddr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +114,21 @@ endpoints:
 		}
 		return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&body) == nil &&
 			body.NodeEligible && !strings.HasPrefix(body.LastUpdated, "0001-01-01")
+	})
+
+	// Metrics: the sync and the changes that led to it.
+	waitFor(t, "/metrics after the first sync", func() bool {
+		resp, err := http.Get("http://" + metricsAddr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body := string(b)
+		return strings.Contains(body, "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1\n") &&
+			strings.Contains(body, "kubeproxy_sync_proxy_rules_service_changes_total 1\n") &&
+			strings.Contains(body, "kubeproxy_sync_proxy_rules_endpoint_changes_total 1\n") &&
+			strings.Contains(body, `switchyard_dataplane_info{dataplane="recording"} 1`)
 	})
 
 	// Scale up by editing the file.

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -44,6 +45,16 @@ type Syncer struct {
 
 	needFull  bool // owned by the runner goroutine
 	observers []SyncObserver
+	// fullRequested asks the next sync to be full (RequestFull, from any
+	// goroutine).
+	fullRequested atomic.Bool
+
+	// view guards the Tracker's State against readers (View): the sync
+	// goroutine holds it for writing while Drain applies changes, readers
+	// hold it for reading. Dataplane.Sync only reads the State, so it runs
+	// without it.
+	view  sync.RWMutex
+	state *State
 
 	mu          sync.Mutex
 	lastSuccess time.Time
@@ -60,6 +71,20 @@ func NewSyncer(t *Tracker, dp Dataplane, minSyncPeriod, syncPeriod time.Duration
 		tr.SetTrigger(s.runner.Run)
 	}
 	return s
+}
+
+// RequestFull makes the next sync full and schedules it (yardctl sync).
+func (s *Syncer) RequestFull() {
+	s.fullRequested.Store(true)
+	s.runner.Run()
+}
+
+// View calls f with the State as of the last sync (nil before the first
+// one), while no sync changes it. f must not keep or modify it.
+func (s *Syncer) View(f func(st *State)) {
+	s.view.RLock()
+	defer s.view.RUnlock()
+	f(s.state)
 }
 
 // Observe adds o to the observers of the loop. Call it before Run.
@@ -91,8 +116,11 @@ func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
 		klog.V(2).InfoS("Not syncing: sources not synced yet")
 		return nil
 	}
+	s.view.Lock()
 	st, changes := s.tracker.Drain()
-	changes.Full = s.needFull || periodic
+	s.state = st
+	s.view.Unlock()
+	changes.Full = s.needFull || periodic || s.fullRequested.Swap(false)
 	start := time.Now()
 	err := s.dp.Sync(ctx, st, changes)
 	elapsed := time.Since(start)

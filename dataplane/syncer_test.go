@@ -137,3 +137,38 @@ func TestSyncerObservers(t *testing.T) {
 		t.Errorf("second %+v", second)
 	}
 }
+
+// TestSyncerRequestFullAndView: RequestFull makes the next sync full even
+// without changes; View sees the State of the last sync.
+func TestSyncerRequestFullAndView(t *testing.T) {
+	tr := NewTracker("node-a", TranslateOptions{}, nil)
+	dp := &recordingDataplane{}
+	s := NewSyncer(tr, dp, 0, 0)
+	ctx := context.Background()
+	s.View(func(st *State) {
+		if st != nil {
+			t.Error("State before the first sync")
+		}
+	})
+	tr.OnServiceUpsert(svc("demo", "web"))
+	tr.SetServicesSynced()
+	tr.SetEndpointSlicesSynced()
+	if err := s.syncOnce(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.syncOnce(ctx, false); err != nil || dp.syncs[1].Full {
+		t.Fatalf("second sync %+v %v, want partial", dp.syncs[1], err)
+	}
+	s.RequestFull()
+	if err := s.syncOnce(ctx, false); err != nil || !dp.syncs[2].Full {
+		t.Fatalf("after RequestFull: %+v %v, want full", dp.syncs[2], err)
+	}
+	if err := s.syncOnce(ctx, false); err != nil || dp.syncs[3].Full {
+		t.Fatalf("after the requested full sync: %+v %v, want partial", dp.syncs[3], err)
+	}
+	s.View(func(st *State) {
+		if st == nil || len(st.Services) != 1 {
+			t.Errorf("View: %v", st)
+		}
+	})
+}

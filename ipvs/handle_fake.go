@@ -32,6 +32,9 @@ type FakeHandle struct {
 type fakeVS struct {
 	vs  VirtualServer
 	rss map[netip.AddrPort]RealServer
+	// stats are the counters SetStats set (ReadTable): the zero AddrPort
+	// holds the virtual server's own.
+	stats map[netip.AddrPort]Stats
 }
 
 var _ Handle = (*FakeHandle)(nil)
@@ -205,6 +208,7 @@ func (f *FakeHandle) AddRealServer(k Key, rs RealServer) error {
 	}
 	rs.ActiveConns, rs.InactiveConns = 0, 0
 	v.rss[rs.Addr] = rs
+	delete(v.stats, rs.Addr) // a new real server starts from zero
 	return nil
 }
 

@@ -121,6 +121,13 @@ func (a *Agent) args() []string {
 		"--state-dir", a.StateDir,
 		"-v=2",
 	}
+	if len(a.env.NodeIPs) > 0 {
+		var ips []string
+		for _, ip := range a.env.NodeIPs {
+			ips = append(ips, ip.String())
+		}
+		args = append(args, "--node-ip", strings.Join(ips, ","))
+	}
 	return append(args, a.env.DP.Args()...)
 }
 

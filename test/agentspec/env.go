@@ -51,8 +51,11 @@ type Dataplane interface {
 
 	// WaitProgrammed waits (bounded, through a.Eventually) until the
 	// kernel serves every frontend of svcs with exactly their Backends
-	// (and, with FeatureGracefulDrain, their Draining ones at weight 0).
-	// Frontends held by foreign objects are not waited for.
+	// (and, with FeatureGracefulDrain, their Draining ones at weight 0),
+	// and filters the load-balancer IP of each by exactly its
+	// LoadBalancerSourceRanges (with the AllowFromNode exception for the
+	// Env's NodeIPs), or not at all without. Frontends held by foreign
+	// objects are not waited for.
 	WaitProgrammed(t *testing.T, a *Agent, svcs ...Service)
 	// Absent reports whether none of svc's frontends (its NodePort on any
 	// node address included) is in the kernel, foreign objects aside, with
@@ -113,6 +116,10 @@ type Env struct {
 	Node *netnstest.NS
 	// NodeName is --hostname-override.
 	NodeName string
+	// NodeIPs, when set, are the node's addresses for the agent
+	// (--node-ip); a scenario sets them before NewAgent. Without, the
+	// agent in standalone mode knows none.
+	NodeIPs []netip.Addr
 }
 
 // Require skips the test unless the dataplane has f.

@@ -33,6 +33,11 @@ type Service struct {
 	HealthCheckNodePort uint16
 	// AffinityClientIP sets sessionAffinity: ClientIP.
 	AffinityClientIP bool
+	// LoadBalancerSourceRanges is spec.loadBalancerSourceRanges: only
+	// sources inside them reach the load-balancer IP (see AllowFromNode
+	// for the one exception); the ClusterIP, external IPs and NodePort are
+	// not filtered.
+	LoadBalancerSourceRanges []netip.Prefix
 	// Backends are the ready endpoints (port TargetPort).
 	Backends []Backend
 	// Draining are backends no longer in the EndpointSlice that still have
@@ -119,6 +124,28 @@ func (s Service) Serving(fe Frontend, node string) (ready, draining []Backend) {
 	return onNode(s.Backends), onNode(s.Draining)
 }
 
+// Firewalled tells whether s's load-balancer IP only lets the sources in
+// its LoadBalancerSourceRanges through.
+func (s Service) Firewalled() bool {
+	return s.LoadBalancerIP.IsValid() && len(s.LoadBalancerSourceRanges) > 0
+}
+
+// AllowFromNode tells whether traffic to s's load-balancer IP whose source
+// is that IP itself passes its firewall: when one of the node's addresses
+// (nodeIPs, the agent's --node-ip) is inside a range (kube-proxy's
+// "allowFromNode": where the IP is bound on the node, as IPVS binds it,
+// the node's own requests carry it as source).
+func (s Service) AllowFromNode(nodeIPs []netip.Addr) bool {
+	for _, p := range s.LoadBalancerSourceRanges {
+		for _, a := range nodeIPs {
+			if p.Contains(a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Endpoints are the backends' addresses with TargetPort.
 func Endpoints(bes []Backend) []netip.AddrPort {
 	out := make([]netip.AddrPort, 0, len(bes))
@@ -154,6 +181,12 @@ func (s Service) YAML() string {
 	}
 	if s.AffinityClientIP {
 		b.WriteString("  sessionAffinity: ClientIP\n")
+	}
+	if len(s.LoadBalancerSourceRanges) > 0 {
+		b.WriteString("  loadBalancerSourceRanges:\n")
+		for _, p := range s.LoadBalancerSourceRanges {
+			fmt.Fprintf(&b, "  - %q\n", p)
+		}
 	}
 	if len(s.ExternalIPs) > 0 {
 		b.WriteString("  externalIPs:\n")

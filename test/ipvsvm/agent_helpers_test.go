@@ -40,6 +40,9 @@ type ipvsDataplane struct {
 	// are those the scenario made itself.
 	baselineVS map[ipvs.Key]bool
 	foreignVS  map[ipvs.Key]bool
+	// env is the scenario's Env (its NodeIPs decide the firewall's
+	// SOURCE-IP set).
+	env *agentspec.Env
 }
 
 var (
@@ -60,7 +63,8 @@ func newIPVSEnv(t *testing.T) *agentspec.Env {
 	for _, vs := range listVS(t) {
 		dp.baselineVS[vs.Key] = true
 	}
-	return &agentspec.Env{DP: dp, AgentPath: vm.AgentPath, Node: nil, NodeName: "vm"}
+	dp.env = &agentspec.Env{DP: dp, AgentPath: vm.AgentPath, Node: nil, NodeName: "vm"}
+	return dp.env
 }
 
 func (*ipvsDataplane) Name() string         { return "ipvs" }
@@ -96,10 +100,14 @@ func wantRealServers(s agentspec.Service, fe agentspec.Frontend, node string) ma
 
 // WaitProgrammed waits for one virtual server per frontend (NodePorts on
 // the node's client-side address) with exactly the wanted real servers and
-// weights, leaving out keys foreign virtual servers hold.
+// weights, leaving out keys foreign virtual servers hold, and for the
+// firewall sets to filter each load-balancer IP as wanted.
 func (d *ipvsDataplane) WaitProgrammed(t *testing.T, a *agentspec.Agent, svcs ...agentspec.Service) {
 	t.Helper()
 	for _, s := range svcs {
+		a.Eventually(fmt.Sprintf("firewall sets for %s (ranges %v)", s.Name, s.LoadBalancerSourceRanges), agentspec.Deadline, func() (bool, string) {
+			return d.firewallState(t, s)
+		})
 		for _, fe := range s.Frontends() {
 			if d.foreignVS[key(fe)] {
 				continue
@@ -160,11 +168,79 @@ func (d *ipvsDataplane) Absent(t *testing.T, s agentspec.Service) (bool, string)
 	return len(found) == 0, "virtual servers " + strings.Join(found, ", ")
 }
 
+// The loadBalancerSourceRanges firewall's sets (package iptables).
+const (
+	setFW         = "SWITCHYARD-LOAD-BALANCER-FW"
+	setSourceCIDR = "SWITCHYARD-LB-SOURCE-CIDR"
+	setSourceIP   = "SWITCHYARD-LB-SOURCE-IP"
+)
+
+// firewallMembers are the members s needs in the firewall sets: its
+// load-balancer IP and port in FW, with each range in SOURCE-CIDR, and
+// with itself in SOURCE-IP when a node IP is inside a range; none
+// without ranges. Networks are written as `ipset list` prints them.
+func (d *ipvsDataplane) firewallMembers(s agentspec.Service) map[string][]string {
+	out := map[string][]string{setFW: nil, setSourceCIDR: nil, setSourceIP: nil}
+	if !s.Firewalled() {
+		return out
+	}
+	m := fmt.Sprintf("%s,%s:%d", s.LoadBalancerIP, strings.ToLower(s.Proto()), s.Port)
+	out[setFW] = []string{m}
+	for _, p := range s.LoadBalancerSourceRanges {
+		p = p.Masked()
+		if p.IsSingleIP() {
+			out[setSourceCIDR] = append(out[setSourceCIDR], m+","+p.Addr().String())
+		} else {
+			out[setSourceCIDR] = append(out[setSourceCIDR], m+","+p.String())
+		}
+	}
+	if s.AllowFromNode(d.env.NodeIPs) {
+		out[setSourceIP] = []string{m + "," + s.LoadBalancerIP.String()}
+	}
+	return out
+}
+
+// firewallState tells whether the firewall sets hold exactly what s needs
+// among the members for its load-balancer IP and port (a set the agent
+// has not created yet is a "not yet").
+func (d *ipvsDataplane) firewallState(t *testing.T, s agentspec.Service) (bool, string) {
+	t.Helper()
+	if !s.LoadBalancerIP.IsValid() {
+		return true, ""
+	}
+	prefix := fmt.Sprintf("%s,%s:%d", s.LoadBalancerIP, strings.ToLower(s.Proto()), s.Port)
+	want := d.firewallMembers(s)
+	for _, set := range []string{setFW, setSourceCIDR, setSourceIP} {
+		out, err := command("ipset", "list", set)
+		if err != nil {
+			return false, err.Error()
+		}
+		_, members, ok := strings.Cut(out, "Members:\n")
+		if !ok {
+			return false, "ipset list " + set + ": no member list"
+		}
+		var got []string
+		for _, m := range strings.Fields(members) {
+			if m == prefix || strings.HasPrefix(m, prefix+",") {
+				got = append(got, m)
+			}
+		}
+		slices.Sort(got)
+		slices.Sort(want[set])
+		if !slices.Equal(got, want[set]) {
+			return false, fmt.Sprintf("%s holds %v for %s, want %v", set, got, prefix, want[set])
+		}
+	}
+	return true, ""
+}
+
 // CheckKernel: the dummy link holds exactly the Services' addresses, and
 // the ipsets the iptables rules match hold exactly their frontends (the
 // *-LOCAL ones, which exempt externalTrafficPolicy Local traffic from SNAT,
-// exactly the external frontends of Services with that policy).
-func (*ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
+// exactly the external frontends of Services with that policy; the
+// firewall ones exactly the load-balancer frontends of Services with
+// loadBalancerSourceRanges).
+func (d *ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	t.Helper()
 	var wantAddrs []string
 	want := map[string][]string{ // set -> members; NodePort sets: proto:port
@@ -172,6 +248,7 @@ func (*ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 		"SWITCHYARD-NODE-PORT-TCP": nil, "SWITCHYARD-NODE-PORT-UDP": nil,
 		"SWITCHYARD-LOAD-BALANCER-LOCAL": nil, "SWITCHYARD-EXTERNAL-IP-LOCAL": nil,
 		"SWITCHYARD-NODE-PORT-LOCAL-TCP": nil, "SWITCHYARD-NODE-PORT-LOCAL-UDP": nil,
+		setFW: nil, setSourceCIDR: nil, setSourceIP: nil,
 	}
 	// add puts m into set, and into its *-LOCAL twin under
 	// externalTrafficPolicy Local.
@@ -198,6 +275,9 @@ func (*ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 		}
 		if s.NodePort != 0 {
 			add(s, "SWITCHYARD-NODE-PORT-"+s.Proto(), "SWITCHYARD-NODE-PORT-LOCAL-"+s.Proto(), fmt.Sprintf("%s:%d", proto, s.NodePort))
+		}
+		for set, ms := range d.firewallMembers(s) {
+			want[set] = append(want[set], ms...)
 		}
 	}
 	slices.Sort(wantAddrs)

@@ -164,9 +164,52 @@ func wantEndpoints(bes []agentspec.Backend) []netip.AddrPort {
 	return eps
 }
 
+// firewallState tells whether the load-balancer IP of s (if any) is
+// filtered as wanted: with ranges, its key in firewallMap sending to a
+// chain that returns for exactly the ranges (and the load-balancer IP as
+// source when a node IP is inside one) and drops the rest; without, not
+// in firewallMap.
+func firewallState(o *ourObjects, s agentspec.Service, nodeIPs []netip.Addr) (bool, string) {
+	if !s.LoadBalancerIP.IsValid() {
+		return true, ""
+	}
+	fe := agentspec.Frontend{Addr: s.LoadBalancerIP, Protocol: s.Proto(), Port: s.Port}
+	chain, ok := o.firewall(feKey(fe))
+	if !s.Firewalled() {
+		if ok {
+			return false, fmt.Sprintf("%s filtered by %s, want no firewall", fe, chain)
+		}
+		return true, ""
+	}
+	if !ok {
+		return false, fmt.Sprintf("%s not in %s", fe, firewallMap)
+	}
+	var want []netip.Prefix
+	for _, p := range s.LoadBalancerSourceRanges {
+		want = append(want, p.Masked()) // as the agent reads them
+	}
+	if s.AllowFromNode(nodeIPs) {
+		want = append(want, netip.PrefixFrom(s.LoadBalancerIP, 32))
+	}
+	got, drops, err := o.firewallPasses(chain)
+	if err != nil {
+		return false, err.Error()
+	}
+	cmpPrefix := func(a, b netip.Prefix) int { return strings.Compare(a.String(), b.String()) }
+	slices.SortFunc(want, cmpPrefix)
+	slices.SortFunc(got, cmpPrefix)
+	if !slices.Equal(got, want) || !drops {
+		return false, fmt.Sprintf("%s: %s passes %v (then drops: %v), want %v then drop", fe, chain, got, drops, want)
+	}
+	return true, ""
+}
+
 func (d *nftDataplane) WaitProgrammed(t *testing.T, a *agentspec.Agent, svcs ...agentspec.Service) {
 	t.Helper()
 	for _, s := range svcs {
+		a.Eventually(fmt.Sprintf("firewall of %s (ranges %v)", s.Name, s.LoadBalancerSourceRanges), agentspec.Deadline, func() (bool, string) {
+			return firewallState(d.read(t), s, d.env.NodeIPs)
+		})
 		for _, fe := range s.Frontends() {
 			ready, _ := s.Serving(fe, a.NodeName())
 			want := wantEndpoints(ready)
@@ -198,8 +241,10 @@ func (d *nftDataplane) Absent(t *testing.T, s agentspec.Service) (bool, string) 
 }
 
 // CheckKernel: the verdict maps hold exactly the frontends of the Services
-// with endpoints, the no-endpoint sets exactly those of the others, and
-// every chain that DNATs is reached from a map (no orphan Service chain).
+// with endpoints, the no-endpoint sets exactly those of the others, every
+// chain that DNATs is reached from a map (no orphan Service chain), and the
+// firewall map exactly the load-balancer frontends of the Services with
+// loadBalancerSourceRanges, each sent to a chain filtering by them.
 func (d *nftDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	t.Helper()
 	o := d.read(t)
@@ -249,6 +294,20 @@ func (d *nftDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	}
 	compareKeys(t, "verdict maps", wantDispatch, gotDispatch)
 	compareKeys(t, "no-endpoint sets", wantRejected, gotRejected)
+	wantFW, gotFW := map[string]string{}, map[string]string{}
+	for _, s := range svcs {
+		if s.Firewalled() {
+			fe := agentspec.Frontend{Addr: s.LoadBalancerIP, Protocol: s.Proto(), Port: s.Port}
+			wantFW[hex.EncodeToString(feKey(fe))] = fe.String()
+		}
+		if ok, why := firewallState(o, s, d.env.NodeIPs); !ok {
+			t.Errorf("firewall of %s: %s", s.Name, why)
+		}
+	}
+	for _, e := range o.elems[firewallMap] {
+		gotFW[hex.EncodeToString(e.Key)] = firewallMap
+	}
+	compareKeys(t, "firewall map", wantFW, gotFW)
 	for _, chain := range slices.Sorted(maps.Keys(o.rules)) {
 		if eps := o.endpoints(chain); len(eps) > 0 && !reached[chain] {
 			t.Errorf("chain %s DNATs to %v but no map element sends traffic to it", chain, eps)

@@ -366,15 +366,20 @@ func readOursOnce(t *testing.T, ns *netnstest.NS) (*ourObjects, error) {
 	return o, nil
 }
 
-// verdictMaps are the named maps with verdicts (the Service dispatch
-// maps). github.com/google/nftables v0.3.0 reads a verdict map's data type
-// into KeyType (set.go, NFTA_SET_DATA_TYPE 0xffffff00), so both are looked
-// at.
+// firewallMap is the agent's verdict map sending load-balancer frontends
+// with loadBalancerSourceRanges to their firewall chain: a filter before
+// the dispatch, not a dispatch itself.
+const firewallMap = "firewall-ips"
+
+// verdictMaps are the named maps with verdicts that dispatch Services (all
+// but firewallMap). github.com/google/nftables v0.3.0 reads a verdict
+// map's data type into KeyType (set.go, NFTA_SET_DATA_TYPE 0xffffff00), so
+// both are looked at.
 func (o *ourObjects) verdictMaps() []string {
 	var out []string
 	for name, s := range o.sets {
 		verdicts := s.DataType.Name == nftables.TypeVerdict.Name || s.KeyType.Name == nftables.TypeVerdict.Name
-		if s.IsMap && !s.Anonymous && !strings.HasPrefix(name, "__") && verdicts {
+		if s.IsMap && !s.Anonymous && !strings.HasPrefix(name, "__") && verdicts && name != firewallMap {
 			out = append(out, name)
 		}
 	}
@@ -405,6 +410,70 @@ func (o *ourObjects) dispatch(key []byte) (set, chain string, ok bool) {
 		}
 	}
 	return "", "", false
+}
+
+// firewall finds key in firewallMap: the chain its element sends to.
+func (o *ourObjects) firewall(key []byte) (chain string, ok bool) {
+	for _, e := range o.elems[firewallMap] {
+		if v := elemVerdict(e); v != nil && slices.Equal(e.Key, key) {
+			return v.Chain, true
+		}
+	}
+	return "", false
+}
+
+// firewallPasses reads an IPv4 firewall chain back: the source prefixes
+// its rules return for, in order, and whether it ends in an
+// unconditional drop. A rule of another shape is an error.
+func (o *ourObjects) firewallPasses(chain string) (passes []netip.Prefix, drops bool, err error) {
+	rules := o.rules[chain]
+	for i, r := range rules {
+		var (
+			loaded bool
+			mask   []byte
+			addr   []byte
+			v      *expr.Verdict
+		)
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Payload:
+				// ip saddr: network header, offset 12, 4 bytes.
+				loaded = e.Base == expr.PayloadBaseNetworkHeader && e.Offset == 12 && e.Len == 4
+			case *expr.Bitwise:
+				mask = e.Mask
+			case *expr.Cmp:
+				if e.Op == expr.CmpOpEq {
+					addr = e.Data
+				}
+			case *expr.Verdict:
+				v = e
+			case *expr.Counter:
+			default:
+				return nil, false, fmt.Errorf("%s rule %d: unexpected %s", chain, i, renderRule(r))
+			}
+		}
+		switch {
+		case v == nil:
+			return nil, false, fmt.Errorf("%s rule %d without verdict: %s", chain, i, renderRule(r))
+		case v.Kind == expr.VerdictDrop && !loaded && addr == nil && i == len(rules)-1:
+			drops = true
+		case v.Kind == expr.VerdictReturn && loaded && len(addr) == 4:
+			a, _ := netip.AddrFromSlice(addr)
+			bits := 32
+			if mask != nil {
+				bits = 0
+				for _, m := range mask {
+					for ; m != 0; m <<= 1 {
+						bits++
+					}
+				}
+			}
+			passes = append(passes, netip.PrefixFrom(a, bits))
+		default:
+			return nil, false, fmt.Errorf("%s rule %d: unexpected %s", chain, i, renderRule(r))
+		}
+	}
+	return passes, drops, nil
 }
 
 // inPlainSet reports the plain sets that hold key.

@@ -29,6 +29,7 @@ func Scenarios() []Scenario {
 		{"ExternalTrafficPolicyLocal", ExternalTrafficPolicyLocal},
 		{"InternalTrafficPolicyLocal", InternalTrafficPolicyLocal},
 		{"SessionAffinityClientIP", SessionAffinityClientIP},
+		{"LoadBalancerSourceRanges", LoadBalancerSourceRanges},
 		{"SchedulerAnnotation", SchedulerAnnotation},
 		{"GracefulDrain", GracefulDrain},
 		{"Restart", Restart},

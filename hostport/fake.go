@@ -18,9 +18,10 @@ import (
 //     nothing, in order, each seeing the effects of the ones before;
 //   - errors: ENOENT for a missing table, chain, set or element (also
 //     for a rule's lookup of a missing set or jump to a missing chain);
-//     EBUSY for adding an element whose key exists with another value;
-//     EINVAL for keys or values of the wrong length, EEXIST for a set
-//     or base chain re-added with another type;
+//     EEXIST for adding an element whose key exists with another value
+//     (elements are never overwritten), and for a set or base chain
+//     re-added with another type; EINVAL for keys or values of the wrong
+//     length;
 //   - reads report registers the way the kernel does (a 32-bit register at
 //     the start of a 128-bit one as that register), and NAT's maximum
 //     registers equal to the minimum ones.
@@ -356,7 +357,7 @@ func (c *FakeConn) SetAddElements(s *nftables.Set, vals []nftables.SetElement) e
 			}
 			k, v := string(e.Key), string(e.Val)
 			if old, ok := fs.elems[k]; ok && old != v {
-				return errno(unix.EBUSY, "set %s: element exists with another value", name)
+				return errno(unix.EEXIST, "set %s: element exists with another value", name)
 			}
 			fs.elems[k] = v
 		}

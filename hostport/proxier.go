@@ -71,8 +71,6 @@ type Proxier struct {
 	pending map[conntrack.Filter]bool
 	// reported are the problems last reported, by their text.
 	reported map[string]bool
-	// last counts the writes of the last successful Sync.
-	last syncStats
 }
 
 type familyState struct {
@@ -208,7 +206,7 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 
 	mappings, conflicts, invalid := Desired(pods, st.NodeName)
 	p.report(logger, Problems{Conflicts: conflicts, Collisions: NodePortCollisions(mappings, st), Invalid: invalid})
-	if len(p.families) == 1 && slices.ContainsFunc(mappings, Mapping.IPv6) {
+	if podsChanged && len(p.families) == 1 && slices.ContainsFunc(mappings, Mapping.IPv6) {
 		logger.V(2).Info("Ignoring IPv6 hostPorts: the node has no IPv6")
 	}
 
@@ -267,7 +265,6 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 	if err != nil {
 		return fail(fmt.Errorf("sync: %w", err))
 	}
-	p.last = stats
 	for i, fs := range planned {
 		fs.synced = true
 		for _, f := range staleFlowFilters(before[i], after[i]) {

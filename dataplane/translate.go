@@ -123,7 +123,7 @@ func ServicePortsFromService(svc *v1.Service, opts TranslateOptions) ([]*Service
 			report(false, "invalid-source-range", "loadBalancerSourceRange %q ignored", r)
 			continue
 		}
-		sourceRanges = append(sourceRanges, p.Masked())
+		sourceRanges = append(sourceRanges, unmapPrefix(p).Masked())
 	}
 	slices.SortFunc(sourceRanges, comparePrefix)
 	sourceRanges = slices.Compact(sourceRanges)
@@ -323,4 +323,15 @@ func comparePrefix(a, b netip.Prefix) int {
 		return c
 	}
 	return a.Bits() - b.Bits()
+}
+
+// unmapPrefix turns an IPv4-mapped IPv6 prefix covering only mapped
+// addresses (::ffff:10.0.0.0/104) into the IPv4 prefix it means
+// (10.0.0.0/8), as addresses are unmapped everywhere in the model. A
+// shorter one also covers real IPv6 addresses and stays as it is.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
 }

@@ -215,9 +215,9 @@ demo/multi:sig/sctp port=3868 clusterIPs=[10.96.0.10] externalIPs=[192.0.2.4 192
 				s.Spec.HealthCheckNodePort = 32000
 				s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
 				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
-				s.Spec.LoadBalancerSourceRanges = []string{" 203.0.113.0/24", "198.51.100.1/16", "bogus"}
+				s.Spec.LoadBalancerSourceRanges = []string{" 203.0.113.0/24", "198.51.100.1/16", "bogus", "::ffff:10.0.0.0/104", "::ffff:0:0/80"}
 			})},
-			want:     "demo/lb:http/tcp port=80 nodePort=31000 clusterIPs=[10.96.0.10] scheduler=wlc affinity=3h0m0s eTP=Local iTP=Local hcNodePort=32000 sourceRanges=[198.51.0.0/16 203.0.113.0/24]\n",
+			want:     "demo/lb:http/tcp port=80 nodePort=31000 clusterIPs=[10.96.0.10] scheduler=wlc affinity=3h0m0s eTP=Local iTP=Local hcNodePort=32000 sourceRanges=[10.0.0.0/8 198.51.0.0/16 203.0.113.0/24 ::/80]\n",
 			problems: []string{"invalid-source-range"},
 		},
 		{

@@ -321,3 +321,18 @@ func TestFirewallRules(t *testing.T) {
 		})
 	}
 }
+
+// TestFamilyPrefixesMapped: an IPv4-mapped prefix (from a config file or
+// an older model) is used as the IPv4 prefix it covers, not crashed on.
+func TestFamilyPrefixesMapped(t *testing.T) {
+	in := []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104"), netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/32")}
+	got4, got6 := ipv4.prefixes(in), ipv6.prefixes(in)
+	if want := prefixes("10.0.0.0/8", "192.0.2.0/24"); !slices.Equal(got4, want) {
+		t.Errorf("ipv4 %v, want %v", got4, want)
+	}
+	if want := prefixes("2001:db8::/32"); !slices.Equal(got6, want) {
+		t.Errorf("ipv6 %v, want %v", got6, want)
+	}
+	// Rendering the mapped range must not panic.
+	_ = firewallRules(ipv4, got4, nil, nil)
+}

@@ -24,7 +24,7 @@
 //	    fib saddr type local jump mark-for-masquerade; fib saddr type local goto svc-...   (the node)
 //	    goto local-...                                      (others keep their source; absent without local endpoints)
 //	fw-HASH-..., load balancer IPs with loadBalancerSourceRanges:
-//	    ip saddr RANGE return ...; fib saddr type local return; drop
+//	    ip saddr RANGE return ...; [ip saddr LB-IP return ... when a node IP is in a range]; drop
 //	nat-postrouting (nat, srcnat):
 //	    ct status dnat ip saddr . ip daddr @hairpin-endpoints masquerade fully-random
 //	    meta mark & BIT == 0 return; meta mark set meta mark & ~BIT; masquerade fully-random

@@ -78,6 +78,14 @@ func (f *family) addr(a netip.Addr) (netip.Addr, bool) {
 func (f *family) prefixes(ps []netip.Prefix) []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range ps {
+		if a := p.Addr(); a.Is4In6() {
+			// An IPv4-mapped prefix is the IPv4 prefix it covers; kept
+			// as is, its bit count would overrun a 4-byte address.
+			if p.Bits() < 96 {
+				continue
+			}
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
 		if _, ok := f.addr(p.Addr()); ok {
 			out = append(out, p)
 		}

@@ -1,0 +1,252 @@
+package agentapi
+
+import (
+	"cmp"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/switchyard/switchyard/conntrack"
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// Flow is one conntrack entry with what yardctl counts: its tuples and, for
+// TCP, its state.
+type Flow struct {
+	conntrack.Flow
+	// TCPState is the conntrack TCP state ("ESTABLISHED", "TIME_WAIT",
+	// ...); "" for other protocols.
+	TCPState string
+}
+
+// established reports whether the flow counts as an established
+// connection: TCP in ESTABLISHED, any UDP or SCTP flow.
+func (f Flow) established() bool {
+	return f.Protocol != dataplane.TCP || f.TCPState == "ESTABLISHED"
+}
+
+// dnated reports whether the flow was translated to another destination
+// (a Service's backend): replies come from elsewhere than the client's
+// destination.
+func (f Flow) dnated() bool { return f.Reply.Src != f.Orig.Dst }
+
+// FlowLister lists the conntrack table.
+type FlowLister interface {
+	ListFlows() ([]Flow, error)
+}
+
+// flowCounts are the entries towards one backend.
+type flowCounts struct {
+	established, other int
+}
+
+func (c *flowCounts) add(f Flow) {
+	if f.established() {
+		c.established++
+	} else {
+		c.other++
+	}
+}
+
+// portFlows are the entries of one Service port: by backend, and the
+// frontends they were sent to.
+type portFlows struct {
+	backends  map[netip.AddrPort]*flowCounts
+	frontends map[string]bool
+}
+
+// frontendIndex finds the Service port of a flow's original destination.
+type frontendIndex struct {
+	vips      map[frontendKey]dataplane.ServicePortName
+	nodePorts map[frontendKey]dataplane.ServicePortName // address unset
+}
+
+type frontendKey struct {
+	addr  netip.Addr
+	port  uint16
+	proto dataplane.Protocol
+}
+
+// newFrontendIndex indexes the frontends of st's Service ports. When two
+// ports claim one frontend, the first by name wins, as in both dataplanes.
+func newFrontendIndex(st *dataplane.State) *frontendIndex {
+	idx := &frontendIndex{vips: map[frontendKey]dataplane.ServicePortName{}, nodePorts: map[frontendKey]dataplane.ServicePortName{}}
+	for _, name := range st.SortedServicePorts() {
+		sp := st.Services[name]
+		for _, fe := range sp.Frontends() {
+			k := frontendKey{fe.Addr().Unmap(), fe.Port(), name.Protocol}
+			if _, taken := idx.vips[k]; !taken {
+				idx.vips[k] = name
+			}
+		}
+		if sp.NodePort != 0 {
+			k := frontendKey{port: sp.NodePort, proto: name.Protocol}
+			if _, taken := idx.nodePorts[k]; !taken {
+				idx.nodePorts[k] = name
+			}
+		}
+	}
+	return idx
+}
+
+// lookup returns the Service port a DNATed flow belongs to: its original
+// destination is a service IP and port, or a NodePort (on any address:
+// NodePorts are open on the node's addresses, which the model may not
+// list).
+func (idx *frontendIndex) lookup(f Flow) (dataplane.ServicePortName, bool) {
+	k := frontendKey{f.Orig.Dst.Addr().Unmap(), f.Orig.Dst.Port(), f.Protocol}
+	if n, ok := idx.vips[k]; ok {
+		return n, true
+	}
+	k.addr = netip.Addr{}
+	n, ok := idx.nodePorts[k]
+	return n, ok
+}
+
+// countFlows attributes DNATed flows to the Service ports of st.
+func countFlows(st *dataplane.State, flows []Flow) map[dataplane.ServicePortName]*portFlows {
+	idx := newFrontendIndex(st)
+	out := map[dataplane.ServicePortName]*portFlows{}
+	for _, f := range flows {
+		if !f.dnated() {
+			continue
+		}
+		name, ok := idx.lookup(f)
+		if !ok {
+			continue
+		}
+		pf := out[name]
+		if pf == nil {
+			pf = &portFlows{backends: map[netip.AddrPort]*flowCounts{}, frontends: map[string]bool{}}
+			out[name] = pf
+		}
+		pf.frontends[frontendString(f)] = true
+		c := pf.backends[f.Reply.Src]
+		if c == nil {
+			c = &flowCounts{}
+			pf.backends[f.Reply.Src] = c
+		}
+		c.add(f)
+	}
+	return out
+}
+
+func frontendString(f Flow) string { return f.Orig.Dst.String() + "/" + string(f.Protocol) }
+
+// ConntrackFrom builds the report for the Service ports in names (all of
+// st's when nil), listing every endpoint of each port, with or without
+// entries, and the backends entries go to that are no endpoint.
+func ConntrackFrom(st *dataplane.State, names []dataplane.ServicePortName, flows []Flow) *ConntrackReport {
+	counts := countFlows(st, flows)
+	out := &ConntrackReport{Source: SourceAgent, Services: []ConntrackService{}}
+	for _, name := range names {
+		pf := counts[name]
+		if pf == nil {
+			pf = &portFlows{backends: map[netip.AddrPort]*flowCounts{}, frontends: map[string]bool{}}
+		}
+		var eps []netip.AddrPort
+		for _, e := range st.Endpoints[name] {
+			eps = append(eps, e.Addr)
+		}
+		out.Services = append(out.Services, conntrackService(name.String(), pf, eps))
+	}
+	return out
+}
+
+// KernelConntrack is the report yardctl builds when the agent is down:
+// DNATed flows grouped by the destination clients used, no Service names,
+// every backend seen counted.
+func KernelConntrack(flows []Flow) *ConntrackReport {
+	groups := map[string]*portFlows{}
+	for _, f := range flows {
+		if !f.dnated() {
+			continue
+		}
+		fe := frontendString(f)
+		pf := groups[fe]
+		if pf == nil {
+			pf = &portFlows{backends: map[netip.AddrPort]*flowCounts{}, frontends: map[string]bool{fe: true}}
+			groups[fe] = pf
+		}
+		c := pf.backends[f.Reply.Src]
+		if c == nil {
+			c = &flowCounts{}
+			pf.backends[f.Reply.Src] = c
+		}
+		c.add(f)
+	}
+	out := &ConntrackReport{Source: SourceKernel, Services: []ConntrackService{}}
+	for _, fe := range slices.SortedFunc(maps.Keys(groups), compareFrontendStrings) {
+		out.Services = append(out.Services, conntrackService("", groups[fe], nil))
+	}
+	return out
+}
+
+// compareFrontendStrings orders "ip:port/PROTO" by address, then protocol.
+func compareFrontendStrings(a, b string) int {
+	ai, ap, _ := strings.Cut(a, "/")
+	bi, bp, _ := strings.Cut(b, "/")
+	x, errA := netip.ParseAddrPort(ai)
+	y, errB := netip.ParseAddrPort(bi)
+	if errA != nil || errB != nil {
+		return strings.Compare(a, b)
+	}
+	return cmp.Or(x.Compare(y), strings.Compare(ap, bp))
+}
+
+// conntrackService summarizes one port; eps are its endpoints (nil when
+// unknown: the statistics then cover every backend seen).
+func conntrackService(service string, pf *portFlows, eps []netip.AddrPort) ConntrackService {
+	cs := ConntrackService{Service: service, Frontends: []string{}, Backends: []ConntrackBackend{}}
+	for fe := range pf.frontends {
+		cs.Frontends = append(cs.Frontends, fe)
+	}
+	slices.SortFunc(cs.Frontends, compareFrontendStrings)
+	isEP := map[netip.AddrPort]bool{}
+	for _, a := range eps {
+		isEP[a] = true
+	}
+	addrs := make([]netip.AddrPort, 0, len(pf.backends)+len(eps))
+	addrs = append(addrs, eps...)
+	for a := range pf.backends {
+		if !isEP[a] {
+			addrs = append(addrs, a)
+		}
+	}
+	slices.SortFunc(addrs, netip.AddrPort.Compare)
+	addrs = slices.Compact(addrs)
+	var counted []int
+	for _, a := range addrs {
+		c := pf.backends[a]
+		if c == nil {
+			c = &flowCounts{}
+		}
+		cs.Backends = append(cs.Backends, ConntrackBackend{Address: a.String(), Endpoint: isEP[a], Established: c.established, Other: c.other})
+		cs.Established += c.established
+		cs.Other += c.other
+		if eps == nil || isEP[a] {
+			counted = append(counted, c.established)
+		}
+	}
+	cs.Max, cs.Mean, cs.Imbalance = imbalance(counted)
+	return cs
+}
+
+// imbalance returns max, mean and max/mean of counts (0 ratio when the
+// mean is 0).
+func imbalance(counts []int) (int, float64, float64) {
+	if len(counts) == 0 {
+		return 0, 0, 0
+	}
+	sum, m := 0, 0
+	for _, c := range counts {
+		sum += c
+		m = max(m, c)
+	}
+	mean := float64(sum) / float64(len(counts))
+	if mean == 0 {
+		return m, 0, 0
+	}
+	return m, mean, float64(m) / mean
+}

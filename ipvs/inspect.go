@@ -395,3 +395,20 @@ func (in *Inspection) Dump() string {
 func (s Stats) String() string {
 	return fmt.Sprintf("conns=%d pktsIn=%d pktsOut=%d bytesIn=%d bytesOut=%d", s.Connections, s.PacketsIn, s.PacketsOut, s.BytesIn, s.BytesOut)
 }
+
+// ReadVirtualServer reads one virtual server and its real servers live
+// from the kernel (yardctl trace); ErrNotFound when there is none. Owned
+// reports whether switchyard owns it.
+func (p *Proxier) ReadVirtualServer(k Key) (vs VirtualServer, owned bool, err error) {
+	own, _, _, err := readOwnership(p.links, p.cfg.StateDir)
+	if err != nil {
+		return VirtualServer{}, false, err
+	}
+	if vs, err = p.handle.GetVirtualServer(k); err != nil {
+		return VirtualServer{}, false, err
+	}
+	if vs.RealServers, err = p.handle.ListRealServers(k); err != nil {
+		return VirtualServer{}, false, err
+	}
+	return vs, own.owns(k), nil
+}

@@ -58,6 +58,19 @@ func (c Chain) Cleanup(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// SetTrigger hands f to every part that has time-driven work (Triggerable),
+// nested Chains included, so the Syncer reaches an IPVS drain timer inside
+// the agent's chain.
+func (c Chain) SetTrigger(f func()) {
+	for _, d := range c {
+		if tr, ok := d.(Triggerable); ok {
+			tr.SetTrigger(f)
+		}
+	}
+}
+
+var _ Triggerable = Chain(nil)
+
 // SyncError names the dataplane part that failed.
 type SyncError struct {
 	Dataplane string

@@ -172,3 +172,14 @@ func TestSyncerRequestFullAndView(t *testing.T) {
 		}
 	})
 }
+
+// TestChainHandsTriggerToParts: the agent's dataplane is a Chain (of
+// Chains); the IPVS drain timer inside must still get the trigger.
+func TestChainHandsTriggerToParts(t *testing.T) {
+	inner := &triggerDataplane{}
+	outer := &triggerDataplane{}
+	NewSyncer(NewTracker("n", TranslateOptions{}, nil), Chain{&recordingDataplane{}, Chain{inner}, outer}, 0, 0)
+	if inner.trigger == nil || outer.trigger == nil {
+		t.Fatalf("trigger not handed through the chain: inner %v, outer %v", inner.trigger != nil, outer.trigger != nil)
+	}
+}

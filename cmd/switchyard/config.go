@@ -54,6 +54,8 @@ type config struct {
 	ipvsUDPTimeout    time.Duration
 
 	dataplane string
+	// hostPorts: program the hostPorts of this node's Pods.
+	hostPorts bool
 
 	// healthzBindAddress serves /healthz and /livez ("" disables).
 	healthzBindAddress string
@@ -100,6 +102,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.ipvsTCPTimeout, "ipvs-tcp-timeout", 0, "IPVS idle timeout of established TCP connections; 0 leaves the kernel's (900s)")
 	fs.DurationVar(&c.ipvsTCPFinTimeout, "ipvs-tcpfin-timeout", 0, "IPVS timeout of TCP connections after a FIN; 0 leaves the kernel's (120s)")
 	fs.DurationVar(&c.ipvsUDPTimeout, "ipvs-udp-timeout", 0, "IPVS timeout of UDP flows; 0 leaves the kernel's (300s)")
+	fs.BoolVar(&c.hostPorts, "hostport", true, "program the hostPorts of this node's Pods (DNAT before Service rules); disable when a CNI portmap plugin does it")
 	fs.StringVar(&c.dataplane, "dataplane", "auto", "kernel dataplane: auto (IPVS when the kernel has it, else nftables), ipvs or nftables")
 	fs.StringVar(&c.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "IP:port serving /healthz and /livez (kube-proxy's semantics); empty disables")
 	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port serving Prometheus metrics at /metrics; empty disables")

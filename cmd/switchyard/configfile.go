@@ -66,6 +66,7 @@ type fileSettings struct {
 	masqueradeBit         *int
 	conntrackTCPBeLiberal *bool
 	conntrackDropInvalid  *bool
+	hostPorts             *bool
 
 	conntrackMaxPerCore *int
 	conntrackMin        *int
@@ -171,6 +172,7 @@ func (s *fileSettings) apply(fs *pflag.FlagSet, c *config) (overridden []string,
 	setBool("masquerade-all", &c.masqueradeAll, s.masqueradeAll)
 	setBool("conntrack-tcp-be-liberal", &c.conntrackTCPBeLiberal, s.conntrackTCPBeLiberal)
 	setBool("conntrack-drop-invalid", &c.conntrackDropInvalid, s.conntrackDropInvalid)
+	setBool("hostport", &c.hostPorts, s.hostPorts)
 	if s.masqueradeBit != nil && !keep("masquerade-bit") {
 		c.masqueradeBit = *s.masqueradeBit
 	}
@@ -667,6 +669,7 @@ func (f *configFile) resolve(flagDataplane string) (*fileSettings, error) {
 		s.ipvsDrainTimeout = &d
 	}
 	s.conntrackDropInvalid = sy.Conntrack.DropInvalid
+	s.hostPorts = sy.HostPort
 	return s, nil
 }
 

@@ -496,6 +496,7 @@ stateDir: /file/state
 manifests: /file/manifests
 ipvs: {drainTimeout: 1m, dummyLink: file0}
 conntrack: {dropInvalid: true}
+hostPort: false
 `)
 	fileOnly, err := parseFlags([]string{"--config", path})
 	if err != nil {
@@ -524,6 +525,7 @@ conntrack: {dropInvalid: true}
 		conntrackUDPTimeout:   20 * time.Second,
 		ipvsTCPTimeout:        10 * time.Minute,
 		ipvsUDPTimeout:        15 * time.Second,
+		hostPorts:             false,
 		dataplane:             "ipvs",
 		healthzBindAddress:    "0.0.0.0:1234",
 		metricsBindAddress:    "127.0.0.1:10249",
@@ -542,6 +544,7 @@ conntrack: {dropInvalid: true}
 		"--conntrack-drop-invalid=false", "--conntrack-tcp-be-liberal=false", "--dataplane", "nftables",
 		"--healthz-bind-address", "127.0.0.1:10256",
 		"--conntrack-max-per-core", "0", "--conntrack-udp-timeout", "0s", "--ipvs-tcp-timeout", "1m",
+		"--hostport=true",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -561,6 +564,7 @@ conntrack: {dropInvalid: true}
 		clusterCIDRs:       prefixes("10.42.0.0/16"),
 		conntrackMin:       5000,
 		ipvsTCPTimeout:     time.Minute,
+		hostPorts:          true,
 		dataplane:          "nftables",
 		healthzBindAddress: "127.0.0.1:10256",
 		metricsBindAddress: "127.0.0.1:10249",

@@ -172,6 +172,8 @@ type switchyardConfiguration struct {
 	StateDir string `json:"stateDir"`
 	// NodePortAddresses: CIDRs (--nodeport-addresses).
 	NodePortAddresses []string `json:"nodePortAddresses"`
+	// HostPort programs the hostPorts of this node's Pods (--hostport).
+	HostPort *bool `json:"hostPort"`
 
 	IPVS      syIPVSConfiguration      `json:"ipvs"`
 	Conntrack syConntrackConfiguration `json:"conntrack"`

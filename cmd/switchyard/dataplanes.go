@@ -40,7 +40,18 @@ func newDataplane(cfg *config) (dataplane.Dataplane, error) {
 	if err != nil {
 		return nil, fmt.Errorf("conntrack: %w", err)
 	}
-	return dataplane.Chain{dp, conntrack.NewCleaner(ct, nil)}, nil
+	chain := dataplane.Chain{dp}
+	// hostPorts after the Service dataplane: a failure there must not keep
+	// Services from being programmed. Their rules come first in the packet
+	// path anyway (their own tables, priority -110).
+	if cfg.hostPorts {
+		hp, err := newHostPorts()
+		if err != nil {
+			return nil, err
+		}
+		chain = append(chain, hp)
+	}
+	return append(chain, conntrack.NewCleaner(ct, nil)), nil
 }
 
 // applyConntrackLimits sets the conntrack table size and timeouts the
@@ -99,7 +110,14 @@ func newCleanupDataplane(cfg *config) (dataplane.Dataplane, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(parts, nft), nil
+	parts = append(parts, nft)
+	// hostPort tables of an earlier run go whatever --hostport says now.
+	if hp, err := newHostPorts(); err == nil {
+		parts = append(parts, hp)
+	} else {
+		klog.InfoS("Skipping hostPort cleanup", "reason", err)
+	}
+	return parts, nil
 }
 
 func newNFTables(cfg *config) (*nftables.Proxier, error) {

@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard/switchyard/dataplane/healthcheck"
 	"github.com/switchyard/switchyard/dataplane/metrics"
 	"github.com/switchyard/switchyard/dataplane/source"
+	"github.com/switchyard/switchyard/hostport"
 )
 
 func main() {
@@ -108,7 +109,13 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	}
 	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
 
-	handler := &agentHandler{Tracker: tracker, health: health, metrics: m}
+	var handler source.Handler = &agentHandler{Tracker: tracker, health: health, metrics: m}
+	if hp := findHostPorts(dp); hp != nil {
+		hp.SetReport(func(p hostport.Problems) { m.SetHostPortProblems(hostPortProblemCounts(p)) })
+		// Only a handler that is also a PodHandler makes the sources
+		// read Pods.
+		handler = &agentPodHandler{agentHandler: handler.(*agentHandler), PodHandler: hp}
+	}
 	srcErr := make(chan error, 1)
 	go func() { srcErr <- runSource(ctx, cfg, handler, syncer.Notify) }()
 	syncDone := make(chan struct{})
@@ -168,6 +175,13 @@ func (h *agentHandler) OnEndpointSliceUpsert(slice *discovery.EndpointSlice) {
 func (h *agentHandler) OnEndpointSliceDelete(slice *discovery.EndpointSlice) {
 	h.metrics.EndpointSliceChanged(slice, true)
 	h.Tracker.OnEndpointSliceDelete(slice)
+}
+
+// agentPodHandler is agentHandler with this node's Pods going to the
+// hostPort dataplane.
+type agentPodHandler struct {
+	*agentHandler
+	source.PodHandler
 }
 
 func (h *agentHandler) OnNodeUpsert(node *v1.Node) {

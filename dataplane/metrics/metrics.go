@@ -55,6 +55,7 @@ type Metrics struct {
 	objectProblems      *prometheus.CounterVec
 	servicePorts        prometheus.Gauge
 	dataplaneInfo       *prometheus.GaugeVec
+	hostPortProblems    *prometheus.GaugeVec
 
 	mu sync.Mutex
 	// triggers are the last-change-trigger-times of the slice updates
@@ -105,11 +106,14 @@ func New(clk clock.PassiveClock) *Metrics {
 			Help: "Service ports in the last synced state"}),
 		dataplaneInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "dataplane_info",
 			Help: "The dataplane in use (value 1)"}, []string{"dataplane"}),
+		hostPortProblems: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "hostport_problems",
+			Help: "hostPorts of this node's Pods not programmed as asked: conflict (another Pod holds the port), nodeport (collides with a Service's NodePort), or the invalid-port reason"},
+			[]string{"kind"}),
 		triggers: map[string]time.Time{},
 	}
 	m.Registry.MustRegister(m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.lastSync, m.lastQueued,
 		m.programming, m.endpointChanges, m.serviceChanges, m.endpointPending, m.servicePending,
-		m.syncErrors, m.objectProblems, m.servicePorts, m.dataplaneInfo,
+		m.syncErrors, m.objectProblems, m.servicePorts, m.dataplaneInfo, m.hostPortProblems,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -126,6 +130,15 @@ func merge(bs ...[]float64) []float64 {
 func (m *Metrics) SetDataplane(name string) {
 	m.dataplaneInfo.Reset()
 	m.dataplaneInfo.WithLabelValues(name).Set(1)
+}
+
+// SetHostPortProblems sets the current hostPort problems by kind (every
+// kind reported before and absent now goes to zero).
+func (m *Metrics) SetHostPortProblems(byKind map[string]int) {
+	m.hostPortProblems.Reset()
+	for k, n := range byKind {
+		m.hostPortProblems.WithLabelValues(k).Set(float64(n))
+	}
 }
 
 // ServiceChanged counts a Service event.

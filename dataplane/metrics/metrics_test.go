@@ -116,3 +116,16 @@ func histogram(t *testing.T, m *Metrics, name string) (uint64, float64) {
 	t.Fatalf("no metric %s", name)
 	return 0, 0
 }
+
+func TestHostPortProblems(t *testing.T) {
+	m := New(nil)
+	m.SetHostPortProblems(map[string]int{"conflict": 2, "nodeport": 1})
+	m.SetHostPortProblems(map[string]int{"conflict": 1})
+	if err := testutil.CollectAndCompare(m.hostPortProblems, strings.NewReader(`
+# HELP switchyard_hostport_problems hostPorts of this node's Pods not programmed as asked: conflict (another Pod holds the port), nodeport (collides with a Service's NodePort), or the invalid-port reason
+# TYPE switchyard_hostport_problems gauge
+switchyard_hostport_problems{kind="conflict"} 1
+`)); err != nil {
+		t.Error(err)
+	}
+}

@@ -12,6 +12,7 @@ all: build
 
 build:
 	$(GO) build -o bin/switchyard ./cmd/switchyard
+	$(GO) build -o bin/yardctl ./cmd/yardctl
 
 deps:
 	bash scripts/ensure-deps.sh

@@ -54,6 +54,8 @@ type Config struct {
 	Version   string
 	NodeName  string
 	SyncChain string
+	// StartTime is when the agent started; zero means when NewServer ran.
+	StartTime time.Time
 	// Syncer is required.
 	Syncer Syncer
 	// Inspector reads the kernel dataplane; nil answers 404 on /v1/ipvs
@@ -98,7 +100,10 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, start: time.Now(), ln: ln, done: make(chan error, 1)}
+	s := &Server{cfg: cfg, start: cfg.StartTime, ln: ln, done: make(chan error, 1)}
+	if s.start.IsZero() {
+		s.start = time.Now()
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathStatus, s.handleStatus)
 	mux.HandleFunc("GET "+PathServices, s.handleServices)

@@ -62,6 +62,7 @@ func TestCommandsNFTablesAgent(t *testing.T) {
 	}{
 		{"nft.golden", []string{"nft"}},
 		{"nft_rules.golden", []string{"nft", "--rules"}},
+		{"nft_all.golden", []string{"nft", "-a"}},
 		{"services_nftables.golden", []string{"services"}},
 		{"conntrack_web.golden", []string{"conntrack", "default/web"}},
 		{"trace_external_local_nftables.golden", []string{"trace", "203.0.113.7:443"}},

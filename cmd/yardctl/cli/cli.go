@@ -216,7 +216,7 @@ func (o *options) ipvsCmd() *cobra.Command {
 }
 
 func (o *options) nftCmd() *cobra.Command {
-	var rules bool
+	var opts NFTOptions
 	cmd := &cobra.Command{
 		Use:   "nft",
 		Short: "switchyard's nftables tables: chains per Service, frontends, counters and drift",
@@ -232,10 +232,11 @@ func (o *options) nftCmd() *cobra.Command {
 					return fmt.Errorf("read nftables (%s): %w", note, err)
 				}
 			}
-			return o.print(t, func(w io.Writer) { FormatNFTables(w, t, note, rules) })
+			return o.print(t, func(w io.Writer) { FormatNFTables(w, t, note, opts) })
 		},
 	}
-	cmd.Flags().BoolVarP(&rules, "rules", "r", false, "also print every chain's rules")
+	cmd.Flags().BoolVarP(&opts.Rules, "rules", "r", false, "also print the rules of the chains shown")
+	cmd.Flags().BoolVarP(&opts.All, "all", "a", false, "show the fixed chains (base and helper chains) too, not only those that drifted")
 	return cmd
 }
 

@@ -254,9 +254,18 @@ func driftCell(vs agentapi.IPVSVirtualServer) string {
 	return "-"
 }
 
+// NFTOptions select what FormatNFTables prints.
+type NFTOptions struct {
+	// All prints the fixed chains too (base and helper chains); by
+	// default only those that drifted are.
+	All bool
+	// Rules prints each printed chain's rules after the table.
+	Rules bool
+}
+
 // FormatNFTables prints yardctl nft: per table one line per chain, Service
-// chains first; with rules, each chain's rules after the table.
-func FormatNFTables(w io.Writer, t *agentapi.NFTables, note string, rules bool) {
+// chains first.
+func FormatNFTables(w io.Writer, t *agentapi.NFTables, note string, opts NFTOptions) {
 	switch {
 	case t.Source == agentapi.SourceKernel:
 		fmt.Fprintf(w, "nftables read from the kernel by yardctl (%s): Services from chain names, no drift check.\n", note)
@@ -283,7 +292,15 @@ func FormatNFTables(w io.Writer, t *agentapi.NFTables, note string, rules bool) 
 		if len(sets) > 0 {
 			fmt.Fprintf(w, "sets (elements): %s\n", strings.Join(sets, ", "))
 		}
-		chains := slices.Clone(tb.Chains)
+		var chains []agentapi.NFTChain
+		hidden := 0
+		for _, c := range tb.Chains {
+			if c.Kind == "fixed" && !opts.All && !c.Missing && len(c.Drift) == 0 {
+				hidden++
+				continue
+			}
+			chains = append(chains, c)
+		}
 		slices.SortStableFunc(chains, func(a, b agentapi.NFTChain) int {
 			if (a.Service == "") != (b.Service == "") {
 				if a.Service == "" {
@@ -301,7 +318,9 @@ func FormatNFTables(w io.Writer, t *agentapi.NFTables, note string, rules bool) 
 		if t.DriftChecked {
 			hdr = append(hdr, "DRIFT")
 		}
-		fmt.Fprintln(tw, strings.Join(hdr, "\t"))
+		if len(chains) > 0 {
+			fmt.Fprintln(tw, strings.Join(hdr, "\t"))
+		}
 		var drift []string
 		for _, d := range tb.Drift {
 			drift = append(drift, "table: "+d)
@@ -335,14 +354,21 @@ func FormatNFTables(w io.Writer, t *agentapi.NFTables, note string, rules bool) 
 			fmt.Fprintln(tw, strings.Join(row, "\t"))
 		}
 		tw.Flush()
+		if hidden > 0 {
+			what := "as wanted"
+			if !t.DriftChecked {
+				what = "not shown"
+			}
+			fmt.Fprintf(w, "(%d fixed chains %s; --all shows them)\n", hidden, what)
+		}
 		if len(drift) > 0 {
 			fmt.Fprintln(w, "Drift (a full sync repairs it):")
 			for _, d := range drift {
 				fmt.Fprintln(w, "  "+d)
 			}
 		}
-		if rules {
-			for _, c := range tb.Chains {
+		if opts.Rules {
+			for _, c := range chains {
 				fmt.Fprintf(w, "chain %s {\n", c.Name)
 				for _, r := range c.Rules {
 					line := r.Text

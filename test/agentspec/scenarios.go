@@ -37,6 +37,7 @@ func Scenarios() []Scenario {
 		{"ForeignObjects", ForeignObjects},
 		{"Cleanup", Cleanup},
 		{"BadInput", BadInput},
+		{"HostPort", HostPort},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -117,6 +118,7 @@ func (i ipvsInspector) Route(st *dataplane.State, name dataplane.ServicePortName
 		line += " (not owned by switchyard)"
 	}
 	out := []string{line}
+	slices.SortFunc(vs.RealServers, func(a, b ipvs.RealServer) int { return a.Addr.Compare(b.Addr) })
 	for _, rs := range vs.RealServers {
 		out = append(out, fmt.Sprintf("  -> %s %s weight %d active %d inactive %d", rs.Addr, rs.Forward, rs.Weight, rs.ActiveConns, rs.InactiveConns))
 	}

@@ -27,14 +27,17 @@ type Kernel interface {
 
 // NetnsKernel reads the kernel in one network namespace.
 type NetnsKernel struct {
-	// NS is the namespace; a closed handle (netns.None()) means this
-	// process's.
+	// NS is the namespace; 0 (the zero value) or a closed handle
+	// (netns.None()) means this process's.
 	NS netns.NsHandle
 	// ProcNetIPVS is checked before opening IPVS: moby/ipvs would load the
 	// ip_vs module otherwise. "" for /proc/net/ip_vs (this process's
 	// namespace; the file is per namespace).
 	ProcNetIPVS string
 }
+
+// inNS reports whether NS names another namespace (fd 0 is never one).
+func (k NetnsKernel) inNS() bool { return k.NS > 0 }
 
 // IPVS implements Kernel.
 func (k NetnsKernel) IPVS(stateDir, dummyLink string) (*agentapi.IPVSTable, error) {
@@ -46,7 +49,7 @@ func (k NetnsKernel) IPVS(stateDir, dummyLink string) (*agentapi.IPVSTable, erro
 		return nil, errors.New("this kernel has no IPVS loaded (no " + proc + ")")
 	}
 	path := ""
-	if k.NS.IsOpen() {
+	if k.inNS() {
 		path = fmt.Sprintf("/proc/self/fd/%d", int(k.NS))
 	}
 	h, err := ipvs.NewHandle(path)
@@ -55,7 +58,7 @@ func (k NetnsKernel) IPVS(stateDir, dummyLink string) (*agentapi.IPVSTable, erro
 	}
 	defer h.Close()
 	var nl *netlink.Handle
-	if k.NS.IsOpen() {
+	if k.inNS() {
 		nl, err = netlink.NewHandleAt(k.NS, unix.NETLINK_ROUTE)
 	} else {
 		nl, err = netlink.NewHandle(unix.NETLINK_ROUTE)
@@ -70,7 +73,7 @@ func (k NetnsKernel) IPVS(stateDir, dummyLink string) (*agentapi.IPVSTable, erro
 // NFTables implements Kernel.
 func (k NetnsKernel) NFTables() (*agentapi.NFTables, error) {
 	fd := 0
-	if k.NS.IsOpen() {
+	if k.inNS() {
 		fd = int(k.NS)
 	}
 	conn, err := nftables.NewConn(fd)
@@ -83,9 +86,9 @@ func (k NetnsKernel) NFTables() (*agentapi.NFTables, error) {
 
 // Flows implements Kernel.
 func (k NetnsKernel) Flows() ([]agentapi.Flow, error) {
-	ns := k.NS
-	if !ns.IsOpen() {
-		ns = netns.None()
+	ns := netns.None()
+	if k.inNS() {
+		ns = k.NS
 	}
 	nf, err := agentapi.NewNetlinkFlows(ns)
 	if err != nil {

@@ -119,13 +119,19 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, out 
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		// The dial error says it best ("connect: no such file or
+		// directory"); the URL is made up.
+		var op *net.OpError
+		if errors.As(err, &op) {
+			err = op.Err
+		}
 		switch {
 		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
-			return fmt.Errorf("%w: %s: %w", ErrAgentDown, c.socket, err)
+			return fmt.Errorf("%w at %s (%w)", ErrAgentDown, c.socket, err)
 		case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-			return fmt.Errorf("connect to the agent at %s: %w (the api is for root)", c.socket, err)
+			return fmt.Errorf("agent at %s: %w (the api is for root)", c.socket, err)
 		}
-		return fmt.Errorf("connect to the agent at %s: %w", c.socket, err)
+		return fmt.Errorf("agent at %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))

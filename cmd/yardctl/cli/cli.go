@@ -130,7 +130,7 @@ func (o *options) print(v any, tbl func(io.Writer)) error {
 // needAgent turns "agent down" into an error that says what is missing.
 func needAgent(what string, err error) error {
 	if errors.Is(err, agentapi.ErrAgentDown) {
-		return fmt.Errorf("%s needs the agent, which is not running: %w", what, err)
+		return fmt.Errorf("%s needs the agent: %w", what, err)
 	}
 	return err
 }

@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -158,5 +159,38 @@ func TestParseDestination(t *testing.T) {
 	}
 	if dst, _, _ := ParseDestination("[::ffff:10.0.0.1]:80"); dst != netip.MustParseAddrPort("10.0.0.1:80") {
 		t.Errorf("mapped address not unmapped: %v", dst)
+	}
+}
+
+// weighingInspector reports the dataplane's own weights.
+type weighingInspector struct {
+	fakeInspector
+	weights map[netip.AddrPort]int
+}
+
+func (w *weighingInspector) Weights(*dataplane.State, dataplane.ServicePortName, netip.AddrPort) (map[netip.AddrPort]int, bool) {
+	return w.weights, w.weights != nil
+}
+
+// When the dataplane says which backends it uses, the trace shows its
+// choice: IPVS serving externalTrafficPolicy Local without a local
+// endpoint from the Cluster endpoints, or a backend at weight 0.
+func TestTraceDataplaneWeights(t *testing.T) {
+	st := testState()
+	st.Endpoints[shopAPI] = st.Endpoints[shopAPI][1:] // node-b's only
+	insp := &weighingInspector{fakeInspector: fakeInspector{kind: KindIPVS}, weights: map[netip.AddrPort]int{ap("10.244.2.5:9000"): 1}}
+	m := TraceFrom(st, ap("203.0.113.7:443"), dataplane.TCP, insp).Matches[0]
+	if m.Result != "forward" || len(m.Backends) != 1 || !m.Backends[0].Chosen ||
+		!strings.Contains(strings.Join(m.Reasons, "\n"), "no local endpoint: the virtual server uses the Cluster endpoints") {
+		t.Errorf("fallback to the Cluster endpoints: %+v", m)
+	}
+
+	insp.weights = map[netip.AddrPort]int{ap("10.244.1.2:8080"): 1, ap("10.244.2.3:8080"): 0}
+	m = TraceFrom(testState(), ap("10.96.0.10:80"), dataplane.TCP, insp).Matches[0]
+	for _, b := range m.Backends {
+		want := map[string]string{"10.244.1.2:8080": "", "10.244.1.9:8080": "terminating (ready endpoints exist)", "10.244.2.3:8080": "weight 0 in the dataplane"}[b.Address]
+		if b.Why != want || b.Chosen != (want == "") {
+			t.Errorf("backend %s: chosen=%v why=%q, want why %q", b.Address, b.Chosen, b.Why, want)
+		}
 	}
 }

@@ -40,6 +40,16 @@ type Inspector interface {
 	Route(st *dataplane.State, name dataplane.ServicePortName, dst netip.AddrPort, nodePort bool) []string
 }
 
+// Weigher is implemented by Inspectors whose dataplane can say which
+// backends a frontend's new connections may reach (weight > 0); trace then
+// reports the dataplane's choice where it differs from the traffic
+// policy's alone.
+type Weigher interface {
+	// Weights returns the backends and weights for dst of Service port
+	// name, and false when the dataplane has nothing for dst.
+	Weights(st *dataplane.State, name dataplane.ServicePortName, dst netip.AddrPort) (map[netip.AddrPort]int, bool)
+}
+
 // KernelBackend is a backend as the kernel dataplane has it, over all the
 // frontends of one Service port.
 type KernelBackend struct {
@@ -123,6 +133,14 @@ func (i ipvsInspector) Route(st *dataplane.State, name dataplane.ServicePortName
 		out = append(out, fmt.Sprintf("  -> %s %s weight %d active %d inactive %d", rs.Addr, rs.Forward, rs.Weight, rs.ActiveConns, rs.InactiveConns))
 	}
 	return out
+}
+
+func (i ipvsInspector) Weights(st *dataplane.State, name dataplane.ServicePortName, dst netip.AddrPort) (map[netip.AddrPort]int, bool) {
+	w, ok, err := i.p.DesiredRealServers(st, ipvs.Key{IP: dst.Addr().Unmap(), Protocol: name.Protocol, Port: dst.Port()})
+	if err != nil {
+		return nil, false
+	}
+	return w, ok
 }
 
 // NewNFTablesInspector inspects the nftables dataplane p.

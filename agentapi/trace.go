@@ -120,12 +120,41 @@ func traceMatch(st *dataplane.State, name dataplane.ServicePortName, sp *datapla
 		isChosen[e.Addr] = true
 	}
 	anyReadyChosen := slices.ContainsFunc(chosen, func(e dataplane.Endpoint) bool { return e.Ready })
+	// The dataplane's own choice, when it can tell, is what packets meet.
+	var dpChosen map[netip.AddrPort]bool
+	if w, ok := insp.(Weigher); ok {
+		if weights, wants := w.Weights(st, name, dst); wants {
+			dpChosen = map[netip.AddrPort]bool{}
+			for a, wt := range weights {
+				if wt > 0 {
+					dpChosen[a] = true
+				}
+			}
+		}
+	}
+	differs := false
 	for _, e := range eps {
 		b := TraceBackend{Address: e.Addr.String(), Node: e.NodeName, Zone: e.Zone, State: endpointState(e), Chosen: isChosen[e.Addr]}
+		if dpChosen != nil && dpChosen[e.Addr] != b.Chosen {
+			differs = true
+			b.Chosen = dpChosen[e.Addr]
+		}
 		if !b.Chosen {
 			b.Why = whyNot(e, local, sets.TopologyMode, anyReadyChosen, st.NodeName, st.NodeZone)
+			if isChosen[e.Addr] {
+				b.Why = "weight 0 in the dataplane"
+			}
 		}
 		m.Backends = append(m.Backends, b)
+	}
+	if differs {
+		chosen = chosen[:0:0]
+		for _, e := range eps {
+			if dpChosen[e.Addr] {
+				chosen = append(chosen, e)
+			}
+		}
+		anyReadyChosen = slices.ContainsFunc(chosen, func(e dataplane.Endpoint) bool { return e.Ready })
 	}
 
 	switch {
@@ -141,6 +170,12 @@ func traceMatch(st *dataplane.State, name dataplane.ServicePortName, sp *datapla
 		if !internal && kind != "" {
 			m.Reasons = append(m.Reasons, "external traffic is masqueraded (the backend sees the node's address)")
 		}
+	}
+	switch {
+	case differs && local && !internal && len(sets.Local) == 0:
+		m.Reasons = append(m.Reasons, "no local endpoint: the virtual server uses the Cluster endpoints, for this node's pods and the node itself; other sources are dropped before IPVS")
+	case differs:
+		m.Reasons = append(m.Reasons, "the dataplane's choice of backends differs from the traffic policy's alone (shown)")
 	}
 	if !local && sets.TopologyMode != "" {
 		where := "zone " + st.NodeZone

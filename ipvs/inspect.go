@@ -412,3 +412,18 @@ func (p *Proxier) ReadVirtualServer(k Key) (vs VirtualServer, owned bool, err er
 	}
 	return vs, own.owns(k), nil
 }
+
+// DesiredRealServers returns the real servers, with their weights, that
+// the desired state for st gives the virtual server k, and whether it
+// wants k at all (yardctl trace: what IPVS will choose from).
+func (p *Proxier) DesiredRealServers(st *dataplane.State, k Key) (map[netip.AddrPort]int, bool, error) {
+	hostList, err := p.links.NodeAddresses()
+	if err != nil {
+		return nil, false, fmt.Errorf("list node addresses: %w", err)
+	}
+	d, ok := Desired(st, NodePortIPs(hostList, p.cfg.NodePortAddresses), p.cfg).VirtualServers[k]
+	if !ok {
+		return nil, false, nil
+	}
+	return maps.Clone(d.RealServers), true, nil
+}

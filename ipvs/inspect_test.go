@@ -161,3 +161,19 @@ func TestServiceVirtualServers(t *testing.T) {
 
 // plainHandle hides FakeHandle's TableReader.
 type plainHandle struct{ Handle }
+
+func TestDesiredRealServers(t *testing.T) {
+	e := newEnv(t)
+	p := e.proxier(Config{})
+	st := webState()
+	got, ok, err := p.DesiredRealServers(st, key("192.168.1.11:30080/TCP"))
+	if err != nil || !ok || len(got) != 1 || got[addrPort("10.244.1.6:8080")] != 1 {
+		t.Errorf("NodePort virtual server: %v, %v, %v", got, ok, err)
+	}
+	if _, ok, err := p.DesiredRealServers(st, key("10.96.0.99:80/TCP")); ok || err != nil {
+		t.Errorf("unwanted key: %v, %v", ok, err)
+	}
+	if m := e.h.Mutations(); len(m) > 0 {
+		t.Errorf("DesiredRealServers wrote to the kernel: %v", m)
+	}
+}

@@ -61,6 +61,10 @@ type config struct {
 	healthzBindAddress string
 	// metricsBindAddress serves /metrics ("" disables).
 	metricsBindAddress string
+	// metricsPerBackend exposes per-backend series, up to
+	// metricsBackendCap backends.
+	metricsPerBackend bool
+	metricsBackendCap int
 
 	// configFile is --config: a KubeProxyConfiguration and/or a
 	// SwitchyardConfiguration (configfile.go); flags given on the command
@@ -106,6 +110,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.dataplane, "dataplane", "auto", "kernel dataplane: auto (IPVS when the kernel has it, else nftables), ipvs or nftables")
 	fs.StringVar(&c.healthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "IP:port serving /healthz and /livez (kube-proxy's semantics); empty disables")
 	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port serving Prometheus metrics at /metrics; empty disables")
+	fs.BoolVar(&c.metricsPerBackend, "metrics-per-backend", true, "expose per-backend connection metrics (up to --metrics-backend-cap backends; beyond, per-Service sums only)")
+	fs.IntVar(&c.metricsBackendCap, "metrics-backend-cap", 20000, "most backends exposed one by one when --metrics-per-backend is set")
 	fs.StringVar(&c.configFile, "config", "", "configuration file: a kube-proxy KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and/or a SwitchyardConfiguration (switchyard.io/v1alpha1); flags given on the command line override it")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
 

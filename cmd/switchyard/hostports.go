@@ -66,20 +66,21 @@ func (h *hostPorts) SetTrigger(f func()) { h.trigger.Store(&f) }
 // SetReport sets where hostPort problems go (the metrics).
 func (h *hostPorts) SetReport(f func(hostport.Problems)) { h.report.Store(&f) }
 
-// findHostPorts returns the hostPorts part of dp, nil when there is none
-// (--hostport=false, or a test's dataplane).
-func findHostPorts(dp dataplane.Dataplane) *hostPorts {
-	switch d := dp.(type) {
-	case *hostPorts:
-		return d
-	case dataplane.Chain:
-		for _, part := range d {
-			if h := findHostPorts(part); h != nil {
-				return h
+// findPart returns the first part of dp (searching nested Chains) of type
+// T.
+func findPart[T dataplane.Dataplane](dp dataplane.Dataplane) (T, bool) {
+	if d, ok := dp.(T); ok {
+		return d, true
+	}
+	if c, ok := dp.(dataplane.Chain); ok {
+		for _, part := range c {
+			if d, ok := findPart[T](part); ok {
+				return d, true
 			}
 		}
 	}
-	return nil
+	var zero T
+	return zero, false
 }
 
 // hostPortProblemCounts turns a report into the metric's kinds.

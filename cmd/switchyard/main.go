@@ -20,6 +20,7 @@ import (
 	"github.com/switchyard/switchyard/dataplane/metrics"
 	"github.com/switchyard/switchyard/dataplane/source"
 	"github.com/switchyard/switchyard/hostport"
+	"github.com/switchyard/switchyard/ipvs"
 )
 
 func main() {
@@ -100,6 +101,9 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	syncer := dataplane.NewSyncer(tracker, dataplane.Chain{dp, hc}, cfg.minSyncPeriod, cfg.syncPeriod)
 	syncer.Observe(health)
 	syncer.Observe(m)
+	if p, ok := findPart[*ipvs.Proxier](dp); ok {
+		m.AddBackendSource(func() []metrics.BackendConns { return ipvsBackendConns(p.Snapshot()) }, cfg.metricsPerBackend, cfg.metricsBackendCap)
+	}
 	if cfg.metricsBindAddress != "" {
 		addr, err := metrics.Serve(ctx, cfg.metricsBindAddress, m)
 		if err != nil {
@@ -110,7 +114,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
 
 	var handler source.Handler = &agentHandler{Tracker: tracker, health: health, metrics: m}
-	if hp := findHostPorts(dp); hp != nil {
+	if hp, ok := findPart[*hostPorts](dp); ok {
 		hp.SetReport(func(p hostport.Problems) { m.SetHostPortProblems(hostPortProblemCounts(p)) })
 		// Only a handler that is also a PodHandler makes the sources
 		// read Pods.
@@ -189,4 +193,17 @@ func (h *agentHandler) OnNodeUpsert(node *v1.Node) {
 	if node.Name == h.Tracker.NodeName() {
 		h.health.SyncNode(node)
 	}
+}
+
+// ipvsBackendConns turns the IPVS dataplane's snapshot (its virtual
+// servers as last read, in memory) into the backend metrics.
+func ipvsBackendConns(vss []ipvs.VirtualServer) []metrics.BackendConns {
+	var out []metrics.BackendConns
+	for _, vs := range vss {
+		for _, rs := range vs.RealServers {
+			out = append(out, metrics.BackendConns{Service: vs.Service, Frontend: vs.Key.String(), Backend: rs.Addr.String(),
+				Active: rs.ActiveConns, Inactive: rs.InactiveConns})
+		}
+	}
+	return out
 }

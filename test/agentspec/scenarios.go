@@ -38,6 +38,7 @@ func Scenarios() []Scenario {
 		{"Cleanup", Cleanup},
 		{"BadInput", BadInput},
 		{"HostPort", HostPort},
+		{"Observability", Observability},
 	}
 }
 

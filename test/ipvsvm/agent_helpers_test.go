@@ -73,7 +73,8 @@ func (*ipvsDataplane) Args() []string       { return nil }
 
 func (*ipvsDataplane) Supports(f agentspec.Feature) bool {
 	switch f {
-	case agentspec.FeatureRoundRobin, agentspec.FeatureIPVSScheduler, agentspec.FeatureGracefulDrain:
+	case agentspec.FeatureRoundRobin, agentspec.FeatureIPVSScheduler, agentspec.FeatureGracefulDrain,
+		agentspec.FeatureConnectionMetrics:
 		return true
 	}
 	return false

@@ -1,0 +1,132 @@
+package agentspec
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/test/netnstest"
+)
+
+// FeatureConnectionMetrics: per-backend connection counts
+// (switchyard_backend_connections) come from the dataplane's counters.
+const FeatureConnectionMetrics Feature = "connection-metrics"
+
+// httpGet fetches http://addr/path from ns (nil = this process's
+// namespace), bounded by 5 s.
+func httpGet(ns *netnstest.NS, addr, path string) (int, string, error) {
+	c := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true,
+			DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
+				return netnstest.Dial(ns, network, addr, 3*time.Second)
+			},
+		},
+	}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// metricValue returns the value of the first sample of /metrics text
+// matching the series regexp (name and labels), and whether there is one.
+func metricValue(body, series string) (float64, bool) {
+	rx := regexp.MustCompile(`(?m)^` + series + ` (\S+)$`)
+	m := rx.FindStringSubmatch(body)
+	if m == nil {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	return v, err == nil
+}
+
+// Observability: the agent serves /healthz and /livez (kube-proxy's JSON,
+// 200 once synced) and Prometheus metrics on its default addresses in the
+// node's namespace: the sync and change metrics after real syncs, the
+// dataplane in use, and, where the dataplane counts connections, an open
+// connection on the backend it reached.
+func Observability(t *testing.T, env *Env) {
+	topo := env.NewTopology(t, 2)
+	a := env.NewAgent(t)
+	web := Service{Name: "web", ClusterIP: ip("10.96.0.60"), Port: 80, Backends: topo.Backends}
+	a.WriteService(web)
+	a.Start()
+	env.DP.WaitProgrammed(t, a, web)
+
+	a.Eventually("/healthz 200 with nodeEligible", Deadline, func() (bool, string) {
+		code, body, err := httpGet(env.Node, "127.0.0.1:10256", "/healthz")
+		if err != nil {
+			return false, err.Error()
+		}
+		return code == http.StatusOK && strings.Contains(body, `"nodeEligible": true`) && !strings.Contains(body, `"lastUpdated": "0001-`),
+			fmt.Sprintf("HTTP %d %s", code, body)
+	})
+	if code, body, err := httpGet(env.Node, "127.0.0.1:10256", "/livez"); err != nil || code != http.StatusOK {
+		t.Errorf("/livez: HTTP %d %q %v", code, body, err)
+	}
+
+	var body string
+	a.Eventually("metrics after the first sync", Deadline, func() (bool, string) {
+		code, b, err := httpGet(env.Node, "127.0.0.1:10249", "/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		body = b
+		n, ok := metricValue(body, `kubeproxy_sync_full_proxy_rules_duration_seconds_count`)
+		return code == http.StatusOK && ok && n >= 1, fmt.Sprintf("HTTP %d, full syncs %v", code, n)
+	})
+	for _, series := range []string{
+		`kubeproxy_sync_proxy_rules_last_timestamp_seconds`,
+		`kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`,
+		`kubeproxy_sync_proxy_rules_service_changes_total`,
+		`kubeproxy_sync_proxy_rules_endpoint_changes_total`,
+		`switchyard_service_ports`,
+		`switchyard_dataplane_info\{dataplane="[^"]*` + regexp.QuoteMeta(env.DP.Name()) + `[^"]*"\}`,
+	} {
+		if v, ok := metricValue(body, series); !ok || v <= 0 {
+			t.Errorf("metric %s: %v (present %v), want > 0", series, v, ok)
+		}
+	}
+
+	if !env.DP.Supports(FeatureConnectionMetrics) {
+		return
+	}
+	// An open connection shows on its backend once a full resync (every
+	// 2 s here, slower in the VM) read the kernel; the change nudges the
+	// loop along.
+	conn, err := netnstest.Dial(topo.Client, "tcp", web.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	reply, err := netnstest.Exchange(conn, "hold", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := ParseReply(t, reply).ID
+	backend, _ := topo.Backend(be)
+	a.WriteService(web, Service{Name: "nudge", ClusterIP: ip("10.96.0.61"), Port: 80, Backends: topo.Backends[:1]})
+	series := fmt.Sprintf(`switchyard_backend_connections\{backend="%s",frontend="%s",service="[^"]*",state="active"\}`,
+		regexp.QuoteMeta(netip.AddrPortFrom(backend.Addr, TargetPort).String()), regexp.QuoteMeta(web.Addr()+"/TCP"))
+	a.Eventually("the open connection in the backend metrics", Deadline, func() (bool, string) {
+		_, b, err := httpGet(env.Node, "127.0.0.1:10249", "/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		v, ok := metricValue(b, series)
+		return ok && v == 1, fmt.Sprintf("%s = %v (present %v)", series, v, ok)
+	})
+}

@@ -63,8 +63,15 @@ func buildChains(cfg Config, fam Family, nonEmpty func(set string) bool) []Desir
 		}
 		c := DesiredChain{Table: TableNAT, Name: ext.chain}
 		if nonEmpty(ext.local) {
-			c.Rules = append(c.Rules, rule(comment(ext.what+" with externalTrafficPolicy Local keeps the client address"),
-				matchSet(ext.local, "dst,dst"), jump("RETURN")))
+			// The node's own traffic is masqueraded whatever the policy
+			// (the nftables dataplane's "masquerade local traffic"): its
+			// source may be the frontend itself (bound on the IPVS dummy
+			// link) or a node address, and without a local endpoint a
+			// remote one answers it, through this node only if SNATed.
+			c.Rules = append(c.Rules,
+				rule(comment(ext.what+" traffic from this node"), srcTypeLocal(), jump(chainMarkMasq)),
+				rule(comment(ext.what+" with externalTrafficPolicy Local keeps the client address"),
+					matchSet(ext.local, "dst,dst"), jump("RETURN")))
 		}
 		c.Rules = append(c.Rules, rule(comment(ext.what+" traffic"), jump(chainMarkMasq)))
 		chains = append(chains, c)
@@ -78,9 +85,64 @@ func buildChains(cfg Config, fam Family, nonEmpty func(set string) bool) []Desir
 	}
 	chains = append(chains, services, postroutingChain(cfg, fam, nonEmpty), forwardChain(cfg))
 	for _, table := range []string{TableFilter, TableMangle} {
-		chains = append(chains, firewallChains(table, fam, nonEmpty)...)
+		chains = append(chains, firewallChains(cfg, table, fam, nonEmpty)...)
 	}
 	return chains
+}
+
+// srcTypeLocal matches packets whose source is an address of the node.
+func srcTypeLocal() []string { return []string{"-m", "addrtype", "--src-type", "LOCAL"} }
+
+// noLocalEndpointRules are the rules of SWITCHYARD-PROXY-FIREWALL (filter
+// only) sending packets to an external frontend without a local endpoint
+// (the no-local-endpoint sets) to chainNoLocalEndpoint, and that chain.
+// With externalTrafficPolicy Local and no endpoint on this node, the IPVS
+// dataplane gives the external virtual servers the Cluster endpoints (as
+// kube-proxy's IPVS mode) so that pods and the node reach the Service
+// there; other sources would reach a remote endpoint without their
+// address kept and get its reply from the wrong address, if at all. So,
+// as the nftables dataplane (and kube-proxy's iptables and nftables
+// modes), their new connections are dropped (the client retries; a
+// rejection would say the Service is gone), while traffic from the
+// cluster CIDRs (pods, unmasqueraded: the IPVS dataplane marks no
+// externalTrafficPolicy Local traffic but the node's) and from the node
+// itself (masqueraded: see the SERVICES chains) passes. Without cluster
+// CIDRs pods cannot be told apart and are dropped too, as in the nftables
+// dataplane. Established connections (to a local endpoint that became
+// unready, draining at weight 0) keep going.
+//
+// nil, nil when no Service is in that state.
+func noLocalEndpointRules(cfg Config, fam Family, nonEmpty func(string) bool) ([]Rule, *DesiredChain) {
+	n := func(base string) string { return setName(fam, base) }
+	var jumps []Rule
+	if nonEmpty(n(setNoLocalEndpoint)) {
+		jumps = append(jumps, rule(comment("external IP or load balancer IP without a local endpoint"),
+			matchSet(n(setNoLocalEndpoint), "dst,dst"), jump(chainNoLocalEndpoint)))
+	}
+	for _, p := range []struct{ proto, set string }{
+		{"tcp", n(setNoLocalEndpointNodeTCP)},
+		{"udp", n(setNoLocalEndpointNodeUDP)},
+		{"sctp", n(setNoLocalEndpointNodeSCTP)},
+	} {
+		// The sets hold the port on every address (see setDefs); INPUT
+		// only sees packets to local addresses, as NodePorts are.
+		if nonEmpty(p.set) {
+			jumps = append(jumps, rule([]string{"-p", p.proto}, comment(strings.ToUpper(p.proto)+" node port without a local endpoint"),
+				matchSet(p.set, "dst,dst"), jump(chainNoLocalEndpoint)))
+		}
+	}
+	if len(jumps) == 0 {
+		return nil, nil
+	}
+	c := &DesiredChain{Table: TableFilter, Name: chainNoLocalEndpoint}
+	for _, p := range cfg.clusterCIDRs(fam) {
+		c.Rules = append(c.Rules, rule([]string{"-s", p.String()}, comment("pod traffic goes to the cluster endpoints"), jump("RETURN")))
+	}
+	c.Rules = append(c.Rules,
+		rule(comment("node traffic goes to the cluster endpoints"), srcTypeLocal(), jump("RETURN")),
+		rule(comment("externalTrafficPolicy Local without a local endpoint"),
+			[]string{"-m", "conntrack", "--ctstate", "NEW"}, jump("DROP")))
+	return jumps, c
 }
 
 // firewallChains are the loadBalancerSourceRanges firewall in table, as
@@ -94,13 +156,33 @@ func buildChains(cfg Config, fam Family, nonEmpty func(set string) bool) []Desir
 // IPs, external IPs or NodePorts.
 //
 // The same chains go to filter and mangle; see buildHooks for which
-// packets each sees.
-func firewallChains(table string, fam Family, nonEmpty func(string) bool) []DesiredChain {
+// packets each sees. In filter, SWITCHYARD-PROXY-FIREWALL then also drops
+// outside traffic to external frontends without a local endpoint (see
+// noLocalEndpointRules); mangle, which only sees the node's own traffic,
+// has no use for that.
+func firewallChains(cfg Config, table string, fam Family, nonEmpty func(string) bool) []DesiredChain {
 	n := func(base string) string { return setName(fam, base) }
 	fw := DesiredChain{Table: table, Name: chainFirewall}
-	if !nonEmpty(n(setLoadBalancerFW)) {
-		return []DesiredChain{fw}
+	var out []DesiredChain
+	if nonEmpty(n(setLoadBalancerFW)) {
+		ranges := sourceRangesChain(table, fam, nonEmpty)
+		out = append(out, ranges)
+		fw.Rules = append(fw.Rules, rule(comment("load balancer IP with loadBalancerSourceRanges"),
+			matchSet(n(setLoadBalancerFW), "dst,dst"), jump(chainSourceRanges)))
 	}
+	if table == TableFilter {
+		if jumps, c := noLocalEndpointRules(cfg, fam, nonEmpty); c != nil {
+			out = append(out, *c)
+			fw.Rules = append(fw.Rules, jumps...)
+		}
+	}
+	return append(out, fw)
+}
+
+// sourceRangesChain is SWITCHYARD-SOURCE-RANGES-FW in table (see
+// firewallChains).
+func sourceRangesChain(table string, fam Family, nonEmpty func(string) bool) DesiredChain {
+	n := func(base string) string { return setName(fam, base) }
 	ranges := DesiredChain{Table: table, Name: chainSourceRanges}
 	if nonEmpty(n(setLoadBalancerSourceCIDR)) {
 		ranges.Rules = append(ranges.Rules, rule(comment("source inside loadBalancerSourceRanges"),
@@ -111,9 +193,7 @@ func firewallChains(table string, fam Family, nonEmpty func(string) bool) []Desi
 			matchSet(n(setLoadBalancerSourceIP), "dst,dst,src"), jump("RETURN")))
 	}
 	ranges.Rules = append(ranges.Rules, rule(comment("source outside loadBalancerSourceRanges"), jump("DROP")))
-	fw.Rules = append(fw.Rules, rule(comment("load balancer IP with loadBalancerSourceRanges"),
-		matchSet(n(setLoadBalancerFW), "dst,dst"), jump(chainSourceRanges)))
-	return []DesiredChain{ranges, fw}
+	return ranges
 }
 
 // clusterIPRules returns the SERVICES rule for cluster IPs and, with
@@ -146,8 +226,8 @@ func clusterIPRules(cfg Config, fam Family) (Rule, *DesiredChain) {
 }
 
 // nodePortChain marks NodePort traffic per protocol, except for Services
-// with externalTrafficPolicy Local, which keep the client address. nil if
-// there are no NodePorts.
+// with externalTrafficPolicy Local, which keep the client address unless
+// it is the node's own. nil if there are no NodePorts.
 func nodePortChain(fam Family, nonEmpty func(string) bool) *DesiredChain {
 	n := func(base string) string { return setName(fam, base) }
 	c := &DesiredChain{Table: TableNAT, Name: chainNodePort}
@@ -164,8 +244,13 @@ func nodePortChain(fam Family, nonEmpty func(string) bool) *DesiredChain {
 		proto := []string{"-p", p.proto}
 		upper := strings.ToUpper(p.proto)
 		if nonEmpty(p.local) {
-			c.Rules = append(c.Rules, rule(proto, comment(upper+" node port with externalTrafficPolicy Local keeps the client address"),
-				matchSet(p.local, p.dirs), jump("RETURN")))
+			// The node's own traffic is masqueraded whatever the policy
+			// (see buildChains).
+			c.Rules = append(c.Rules,
+				rule(proto, comment(upper+" node port with externalTrafficPolicy Local, from this node"),
+					srcTypeLocal(), matchSet(p.local, p.dirs), jump(chainMarkMasq)),
+				rule(proto, comment(upper+" node port with externalTrafficPolicy Local keeps the client address"),
+					matchSet(p.local, p.dirs), jump("RETURN")))
 		}
 		c.Rules = append(c.Rules, rule(proto, comment(upper+" node port traffic"), matchSet(p.set, p.dirs), jump(chainMarkMasq)))
 	}
@@ -235,6 +320,12 @@ func forwardChain(cfg Config) DesiredChain {
 //     node's connections whose source is the LB IP with the xt_ipvs match,
 //     one rule per LB IP, when no node IP is inside the ranges; the same
 //     chains in mangle give the same verdicts as for any other source.)
+//
+// The drop of outside traffic to external frontends without a local
+// endpoint (noLocalEndpointRules) needs only the filter INPUT hook: other
+// hosts' and pods' packets take the first path above, and the node's own
+// connections, the only ones IPVS takes at LOCAL_OUT, are let through
+// anyway.
 //
 // No hook in FORWARD (kube-proxy shares one with its iptables mode, whose
 // LB IPs are not local): every LB IP in the FW set is bound on the node,

@@ -43,6 +43,10 @@ func setDefs(fam Family) []setDef {
 		{setNodePortSCTP, HashNetPort},
 		{setNodePortTCP, HashNetPort},
 		{setNodePortUDP, HashNetPort},
+		{setNoLocalEndpoint, HashIPPort},
+		{setNoLocalEndpointNodeSCTP, HashNetPort},
+		{setNoLocalEndpointNodeTCP, HashNetPort},
+		{setNoLocalEndpointNodeUDP, HashNetPort},
 	}
 	for i := range defs {
 		defs[i].name = setName(fam, defs[i].name)
@@ -103,11 +107,21 @@ func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struc
 				add(setClusterIP, IPPortMember(ip, proto, sp.Port))
 			}
 		}
+		noLocal := noLocalEndpoint(st, sp, fam)
+		// A frontend that is also one of the Service's ClusterIPs is
+		// the ClusterIP's virtual server in the IPVS dataplane (its first
+		// claim), which follows the internal policy: never dropped.
+		noLocalFrontend := func(ip netip.Addr) bool {
+			return noLocal && !slices.ContainsFunc(sp.ClusterIPs, func(c netip.Addr) bool { return c.Unmap() == ip })
+		}
 		for _, ip := range sp.ExternalIPs {
 			if ip, ok := inFamily(ip); ok {
 				add(setExternalIP, IPPortMember(ip, proto, sp.Port))
 				if sp.ExternalPolicyLocal {
 					add(setExternalIPLocal, IPPortMember(ip, proto, sp.Port))
+				}
+				if noLocalFrontend(ip) {
+					add(setNoLocalEndpoint, IPPortMember(ip, proto, sp.Port))
 				}
 			}
 		}
@@ -120,6 +134,9 @@ func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struc
 				add(setLoadBalancer, IPPortMember(ip, proto, sp.Port))
 				if sp.ExternalPolicyLocal {
 					add(setLoadBalancerLocal, IPPortMember(ip, proto, sp.Port))
+				}
+				if noLocalFrontend(ip) {
+					add(setNoLocalEndpoint, IPPortMember(ip, proto, sp.Port))
 				}
 				// loadBalancerSourceRanges (kube-proxy's firewall), with
 				// or without endpoints. Ranges of the other family only
@@ -144,11 +161,14 @@ func collectMembers(st *dataplane.State, fam Family) map[string]map[Member]struc
 			}
 		}
 		if sp.NodePort != 0 {
-			all, local := nodePortSets(proto)
+			all, local, none := nodePortSets(proto)
 			for _, m := range nodePortMembers(proto, sp.NodePort, fam) {
 				add(all, m)
 				if sp.ExternalPolicyLocal {
 					add(local, m)
+				}
+				if noLocal {
+					add(none, m)
 				}
 			}
 		}
@@ -199,14 +219,37 @@ func sourceRanges(ps []netip.Prefix, fam Family) []netip.Prefix {
 	return slices.Compact(out)
 }
 
-func nodePortSets(proto uint8) (all, local string) {
+// nodePortSets names, for a protocol, the NodePort sets: every NodePort,
+// those of externalTrafficPolicy Local Services, and those of such
+// Services without a local endpoint.
+func nodePortSets(proto uint8) (all, local, noLocal string) {
 	switch proto {
 	case protoTCP:
-		return setNodePortTCP, setNodePortLocalTCP
+		return setNodePortTCP, setNodePortLocalTCP, setNoLocalEndpointNodeTCP
 	case protoUDP:
-		return setNodePortUDP, setNodePortLocalUDP
+		return setNodePortUDP, setNodePortLocalUDP, setNoLocalEndpointNodeUDP
 	}
-	return setNodePortSCTP, setNodePortLocalSCTP
+	return setNodePortSCTP, setNodePortLocalSCTP, setNoLocalEndpointNodeSCTP
+}
+
+// noLocalEndpoint reports whether the external frontends of sp, in family
+// fam, belong in the no-local-endpoint sets: externalTrafficPolicy Local,
+// no endpoint of that family on this node, but some elsewhere. The IPVS
+// dataplane then gives its external virtual servers the Cluster endpoints
+// (ipvs.Desired: the same categorization, per family, so the two agree),
+// which only this node's pods and the node itself may reach.
+func noLocalEndpoint(st *dataplane.State, sp *dataplane.ServicePort, fam Family) bool {
+	if !sp.ExternalPolicyLocal || !sp.ExternallyAccessible() {
+		return false
+	}
+	var eps []dataplane.Endpoint
+	for _, e := range st.Endpoints[sp.Name] {
+		if a := e.Addr.Addr().Unmap(); a.IsValid() && a.Is4() == (fam == FamilyINet) {
+			eps = append(eps, e)
+		}
+	}
+	sets := dataplane.CategorizeEndpoints(sp, eps, st.NodeName, st.NodeZone)
+	return len(sets.Local) == 0 && len(sets.Cluster) > 0
 }
 
 // nodePortMembers returns the members matching a NodePort (see setDefs).

@@ -46,7 +46,9 @@
 // and load balancer IP traffic, and cluster IP traffic from outside
 // Config.ClusterCIDRs (all of it with Config.MasqueradeAll). Frontends of
 // Services with externalTrafficPolicy Local are exempt (the *-LOCAL sets), so
-// their clients' addresses survive. Hairpin traffic (an endpoint reaching
+// their clients' addresses survive, except for the node's own traffic (source
+// address local to the node), which is marked as the nftables dataplane's
+// "masquerade local traffic" does. Hairpin traffic (an endpoint reaching
 // itself through a service: SWITCHYARD-LOOP-BACK matched dst,dst,src after
 // DNAT) is masqueraded directly in POSTROUTING. filter FORWARD accepts marked
 // and established traffic and, with Config.ConntrackDropInvalid, drops
@@ -71,6 +73,24 @@
 // (other hosts and pods: before IPVS at LOCAL_IN) and from mangle OUTPUT
 // (the node itself: IPVS takes those connections at LOCAL_OUT, before
 // filter OUTPUT, and they never reach INPUT); see buildHooks.
+//
+// # externalTrafficPolicy Local without a local endpoint
+//
+// The IPVS dataplane then gives the external virtual servers (external IPs,
+// load balancer IPs, NodePorts) the Cluster endpoints, as kube-proxy's IPVS
+// mode does, so that this node's pods and the node itself still reach the
+// Service there (kube-proxy's "short circuit"). Other sources must not:
+// their new connections are dropped, as the nftables dataplane and
+// kube-proxy's iptables and nftables modes do. SWITCHYARD-NO-LOCAL-ENDPOINT
+// (an external IP or LB IP and port) and SWITCHYARD-NO-LOCAL-EP-NP-{TCP,UDP,
+// SCTP} (NodePorts) hold those frontends, per family, when the Service has
+// endpoints of that family but none on this node (CategorizeEndpoints with
+// State.NodeName, as the IPVS dataplane decides); in filter,
+// SWITCHYARD-PROXY-FIREWALL sends packets to them to the
+// SWITCHYARD-NO-LOCAL-ENDPOINT chain, which returns for sources in
+// Config.ClusterCIDRs (pods: kept unmasqueraded) and for the node's own
+// addresses (masqueraded, see above) and drops other new connections.
+// Without ClusterCIDRs pods cannot be told apart and are dropped too.
 //
 // # Sets
 //

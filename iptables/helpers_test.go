@@ -26,7 +26,11 @@ type svc struct {
 	lbIPs          []string
 	local          bool     // externalTrafficPolicy: Local
 	sourceRanges   []string // loadBalancerSourceRanges
-	endpoints      []string // "ip:port", all ready
+	endpoints      []string // "ip:port", all ready, on this node (node-a)
+	// remote are ready endpoints ("ip:port") on another node (node-b).
+	remote []string
+	// eps are more endpoints, as given.
+	eps []dataplane.Endpoint
 }
 
 func addrs(t testing.TB, ss []string) []netip.Addr {
@@ -70,6 +74,10 @@ func addService(t testing.TB, st *dataplane.State, s svc) {
 	for _, e := range s.endpoints {
 		eps = append(eps, dataplane.Endpoint{Addr: netip.MustParseAddrPort(e), Ready: true, Serving: true, NodeName: "node-a"})
 	}
+	for _, e := range s.remote {
+		eps = append(eps, dataplane.Endpoint{Addr: netip.MustParseAddrPort(e), Ready: true, Serving: true, NodeName: "node-b"})
+	}
+	eps = append(eps, s.eps...)
 	slices.SortFunc(eps, dataplane.CompareEndpoints)
 	if len(eps) > 0 {
 		st.Endpoints[name] = eps

@@ -70,6 +70,11 @@ const (
 	// name with our prefix would exceed XT_EXTENSION_MAXNAMELEN).
 	chainFirewall     = "SWITCHYARD-PROXY-FIREWALL"
 	chainSourceRanges = "SWITCHYARD-SOURCE-RANGES-FW"
+	// chainNoLocalEndpoint (filter only, from chainFirewall) drops new
+	// connections from outside to the external frontends of
+	// externalTrafficPolicy Local Services without a local endpoint; pods
+	// and the node pass (kube-proxy's "short circuit").
+	chainNoLocalEndpoint = "SWITCHYARD-NO-LOCAL-ENDPOINT"
 )
 
 // Sets owned by this package, by their IPv4 names (see setName for IPv6).
@@ -97,6 +102,17 @@ const (
 	setLoadBalancerFW         = "SWITCHYARD-LOAD-BALANCER-FW"
 	setLoadBalancerSourceCIDR = "SWITCHYARD-LB-SOURCE-CIDR"
 	setLoadBalancerSourceIP   = "SWITCHYARD-LB-SOURCE-IP"
+	// The external frontends of externalTrafficPolicy Local Services that
+	// have endpoints, none of them on this node (the nftables dataplane's
+	// no-local-endpoint sets): external IPs and load balancer IPs with
+	// their port, and NodePorts per protocol (hash:net,port as the other
+	// NodePort sets). kube-proxy has no such sets (its IPVS mode lets that
+	// traffic through). The NodePort ones say NP so that the IPv6 names
+	// fit (SWITCHYARD6-NO-LOCAL-EP-NP-SCTP: 31).
+	setNoLocalEndpoint         = "SWITCHYARD-NO-LOCAL-ENDPOINT"
+	setNoLocalEndpointNodeTCP  = "SWITCHYARD-NO-LOCAL-EP-NP-TCP"
+	setNoLocalEndpointNodeUDP  = "SWITCHYARD-NO-LOCAL-EP-NP-UDP"
+	setNoLocalEndpointNodeSCTP = "SWITCHYARD-NO-LOCAL-EP-NP-SCTP"
 )
 
 // maxSetNameLen is IPSET_MAXNAMELEN (32) minus the NUL.

@@ -75,9 +75,17 @@ func (c Conflict) String() string {
 // under internalTrafficPolicy Local; ExternalIP, load-balancer IP and
 // NodePort virtual servers use the Local set under externalTrafficPolicy
 // Local, else the Cluster set. Selected endpoints weigh 1, the other
-// endpoints of the same pool 0 (see DesiredVS.RealServers). Unlike
-// kube-proxy, an empty Local set does not fall back to the Cluster set:
-// the virtual server has no real servers and IPVS rejects new connections.
+// endpoints of the same pool 0 (see DesiredVS.RealServers).
+//
+// As kube-proxy's IPVS mode (kubernetes#97081), an external virtual server
+// of an externalTrafficPolicy Local port whose Local set is empty uses the
+// Cluster set instead (weighed over the Cluster pool), so that this node's
+// pods and the node itself still reach the Service through its external
+// addresses (kube-proxy's "short circuit"). Traffic from elsewhere must not
+// reach those remote endpoints (it would lose its client address, and the
+// endpoint's reply would bypass this node): package iptables drops it
+// before IPVS sees it, which the IPVS dataplane runs first, and masquerades
+// the node's own.
 func Desired(st *dataplane.State, nodeIPs []netip.Addr, cfg Config) DesiredState {
 	return desired(st, nodeIPs, cfg, nil)
 }
@@ -290,11 +298,23 @@ func (pd *portDesired) realServers(v4 bool) *familyRealServers {
 		}
 		return m
 	}
+	// External traffic without a local endpoint falls back to the
+	// Cluster endpoints (see Desired). Internal traffic does not:
+	// kube-proxy's IPVS mode falls back for a Local internal policy too
+	// (when the port is externally accessible, so that a Cluster set
+	// exists), but its iptables and nftables modes and switchyard's
+	// nftables dataplane drop that traffic, and nothing here could tell
+	// this node's pods, which internalTrafficPolicy Local confines to it,
+	// from any other client of the ClusterIP.
+	externalLocal := pd.sp.ExternalPolicyLocal
+	if externalLocal && len(sets.Local) == 0 && len(sets.Cluster) > 0 && pd.sp.UsesClusterEndpoints() {
+		externalLocal = false
+	}
 	out := &familyRealServers{internal: weigh(pd.sp.InternalPolicyLocal)}
-	if pd.sp.InternalPolicyLocal == pd.sp.ExternalPolicyLocal {
+	if pd.sp.InternalPolicyLocal == externalLocal {
 		out.external = out.internal
 	} else {
-		out.external = weigh(pd.sp.ExternalPolicyLocal)
+		out.external = weigh(externalLocal)
 	}
 	return out
 }

@@ -23,12 +23,16 @@
 // and zone, per family: ClusterIP virtual servers follow
 // internalTrafficPolicy, ExternalIP, load-balancer IP and NodePort virtual
 // servers externalTrafficPolicy; topology hints narrow the Cluster set.
-// Under a Local policy with no local endpoint the virtual server has no
-// real servers, so IPVS refuses new connections (kube-proxy would fall back
-// to every endpoint). Keeping the client's address under
-// externalTrafficPolicy Local is the iptables package's part (its *-LOCAL
-// sets). A real server the policy or topology no longer selects drains like
-// a removed endpoint's; see Desired and DesiredVS.RealServers.
+// Under externalTrafficPolicy Local with no local endpoint the external
+// virtual servers use the Cluster set, as kube-proxy's IPVS mode, so this
+// node's pods and the node itself still reach the Service there; the
+// iptables package drops other sources' new connections to them before
+// IPVS sees them (its no-local-endpoint sets). Under internalTrafficPolicy
+// Local with no local endpoint the ClusterIP virtual server has no real
+// servers, so IPVS refuses new connections. Keeping the client's address
+// under externalTrafficPolicy Local is the iptables package's part too (its
+// *-LOCAL sets). A real server the policy or topology no longer selects
+// drains like a removed endpoint's; see Desired and DesiredVS.RealServers.
 //
 // # Ownership
 //

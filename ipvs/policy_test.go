@@ -60,11 +60,51 @@ func TestDesiredPolicies(t *testing.T) {
 		name:  "etp-local",
 		build: func(st *dataplane.State) { put(st, edge(true, false), mixed...) },
 	}, {
-		// No local endpoint: the external virtual servers have no real
-		// servers (kube-proxy would fall back to all endpoints).
+		// No local endpoint: the external virtual servers fall back to
+		// the Cluster endpoints, as kube-proxy's IPVS mode (package
+		// iptables drops outside traffic to them; pods and the node
+		// reach them).
 		name: "etp-local-no-local-endpoint",
 		build: func(st *dataplane.State) {
 			put(st, edge(true, false), on(otherNode, ready("10.244.2.7:8080")), on(otherNode, ready("10.244.2.9:8080")))
+		},
+	}, {
+		// A local endpoint that is not ready (nor serving): the Local set
+		// is empty, so the external virtual servers use the Cluster set,
+		// weighed over the Cluster pool: the local one at 0, like the
+		// not-ready remote one.
+		name: "etp-local-local-endpoint-not-ready",
+		build: func(st *dataplane.State) {
+			put(st, edge(true, false), on(thisNode, notReady("10.244.1.5:8080")),
+				on(otherNode, ready("10.244.2.7:8080")), on(otherNode, notReady("10.244.2.8:8080")))
+		},
+	}, {
+		// No endpoint ready or serving anywhere: nothing to fall back
+		// to; the local not-ready endpoint weighs 0 on the external
+		// virtual servers, the remote ones are left out there.
+		name: "etp-local-nothing-ready",
+		build: func(st *dataplane.State) {
+			put(st, edge(true, false), on(thisNode, notReady("10.244.1.5:8080")), on(otherNode, notReady("10.244.2.8:8080")))
+		},
+	}, {
+		// Both policies Local, no local endpoint: only the external
+		// virtual servers fall back; the ClusterIP has no real server
+		// (as the nftables dataplane drops that traffic; kube-proxy's
+		// IPVS mode would fall back there too).
+		name: "both-local-no-local-endpoint",
+		build: func(st *dataplane.State) {
+			put(st, edge(true, true), on(otherNode, ready("10.244.2.7:8080")), on(otherNode, ready("10.244.2.9:8080")))
+		},
+	}, {
+		// Each family decides alone: IPv4 has a local endpoint, IPv6
+		// only a remote one and falls back.
+		name: "etp-local-no-local-endpoint-one-family",
+		build: func(st *dataplane.State) {
+			sp := svc("default/ds", "", dataplane.TCP, 80, "10.96.0.70", "fd00:96::70")
+			sp.LoadBalancerIPs = addrs("198.51.100.7", "2001:db8::7")
+			sp.ExternalPolicyLocal = true
+			put(st, sp, on(thisNode, ready("10.244.1.5:8080")), on(otherNode, ready("10.244.2.7:8080")),
+				on(otherNode, ready("[fd00:244::7]:8080")))
 		},
 	}, {
 		// Local endpoints only terminating: they serve (KEP-1669), for
@@ -224,6 +264,73 @@ func TestExternalPolicyLocalDrainsRemote(t *testing.T) {
 				"UpdateRealServer 10.96.0.20:80/TCP 10.244.2.7:8080 weight=1",
 				"AddRealServer 192.168.1.10:30080/TCP 10.244.2.7:8080 weight=1",
 				"AddRealServer 192.168.1.11:30080/TCP 10.244.2.7:8080 weight=1")
+		})
+	}
+}
+
+// externalTrafficPolicy Local, the local endpoint leaves: the external
+// virtual servers fall back to the remote one (added at weight 1), and the
+// local one drains like any removed endpoint (weight 0 while connected,
+// deleted once idle). When a local endpoint comes back, the remote one
+// drains from the external virtual servers the same way.
+func TestExternalPolicyLocalFallbackDrains(t *testing.T) {
+	for _, mode := range []string{"partial", "full"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnv(t)
+			p := e.proxier(Config{})
+			st := policyState()
+			local, remote := on(thisNode, ready("10.244.1.5:8080")), on(otherNode, ready("10.244.2.7:8080"))
+			sp := svc("default/np", "", dataplane.TCP, 80, "10.96.0.20")
+			sp.NodePort = 30080
+			sp.ExternalPolicyLocal = true
+			put(st, sp, local, remote)
+			e.sync(p, st, full)
+			ch := changed(sp.Name)
+			if mode == "full" {
+				ch = full
+			}
+			npKey := key("192.168.1.10:30080/TCP")
+			expectDump(t, "local endpoint", e.h.Dump(), `
+				vs 10.96.0.20:80/TCP rr
+				  rs 10.244.1.5:8080 masq weight=1 active=0 inactive=0
+				  rs 10.244.2.7:8080 masq weight=1 active=0 inactive=0
+				vs 192.168.1.10:30080/TCP rr
+				  rs 10.244.1.5:8080 masq weight=1 active=0 inactive=0
+				vs 192.168.1.11:30080/TCP rr
+				  rs 10.244.1.5:8080 masq weight=1 active=0 inactive=0
+			`)
+
+			// The local endpoint leaves with a connection on one NodePort.
+			e.h.SetConnections(npKey, local.Addr, 1, 0)
+			e.resetCalls()
+			put(st, sp, remote)
+			e.sync(p, st, ch)
+			e.expectMutations(
+				"DeleteRealServer 10.96.0.20:80/TCP 10.244.1.5:8080",
+				"AddRealServer 192.168.1.10:30080/TCP 10.244.2.7:8080 weight=1",
+				"UpdateRealServer 192.168.1.10:30080/TCP 10.244.1.5:8080 weight=0",
+				"AddRealServer 192.168.1.11:30080/TCP 10.244.2.7:8080 weight=1",
+				"DeleteRealServer 192.168.1.11:30080/TCP 10.244.1.5:8080")
+
+			// Its connection ends: deleted.
+			e.h.SetConnections(npKey, local.Addr, 0, 0)
+			e.resetCalls()
+			e.sync(p, st, ch)
+			e.expectMutations("DeleteRealServer 192.168.1.10:30080/TCP 10.244.1.5:8080")
+			assertSameAsFreshFullSync(t, p, e, st)
+
+			// A local endpoint comes back while the remote one has a
+			// connection through a NodePort: it drains there.
+			e.h.SetConnections(npKey, remote.Addr, 1, 0)
+			e.resetCalls()
+			put(st, sp, local, remote)
+			e.sync(p, st, ch)
+			e.expectMutations(
+				"AddRealServer 10.96.0.20:80/TCP 10.244.1.5:8080 weight=1",
+				"AddRealServer 192.168.1.10:30080/TCP 10.244.1.5:8080 weight=1",
+				"UpdateRealServer 192.168.1.10:30080/TCP 10.244.2.7:8080 weight=0",
+				"AddRealServer 192.168.1.11:30080/TCP 10.244.1.5:8080 weight=1",
+				"DeleteRealServer 192.168.1.11:30080/TCP 10.244.2.7:8080")
 		})
 	}
 }

@@ -160,7 +160,9 @@ func expectRealServers(t *testing.T, n *policyNode, k ipvs.Key, want ...backend)
 // TestVMPolicyExternalLocal: NodePort with externalTrafficPolicy Cluster is
 // masqueraded and spread over both backends; with Local only this node's
 // backend answers and sees the client's address, while the ClusterIP still
-// reaches both; with no local endpoint the NodePort fails.
+// reaches both; with no local endpoint the NodePort's virtual server falls
+// back to the remote backend (for the node's own and its pods' traffic)
+// and the client's connections are dropped before IPVS.
 func TestVMPolicyExternalLocal(t *testing.T) {
 	guest.Required(t)
 	topo := newTopology(t, 2)
@@ -191,18 +193,20 @@ func TestVMPolicyExternalLocal(t *testing.T) {
 	expectSources(t, "ClusterIP of an externalTrafficPolicy Local Service", sources(t, topo.Client, vip, 4),
 		map[string][]netip.Addr{be0.ID: {gw0}, be1.ID: {gw1}})
 
-	// Only the remote endpoint left: the NodePort has no real server and
-	// fails; the ClusterIP still works.
+	// Only the remote endpoint left: the NodePort's virtual server falls
+	// back to it (as kube-proxy's IPVS mode), but the client, neither a
+	// pod nor the node, is dropped before IPVS; the ClusterIP still works.
 	policyService(st, true, false, be1)
 	n.sync(st, changedSvc(spn))
-	expectRealServers(t, n, npKey)
+	expectRealServers(t, n, npKey, be1)
 	expectFails(t, "NodePort, externalTrafficPolicy Local without a local endpoint", topo.Client, nodePort)
 	expectSources(t, "ClusterIP without a local endpoint", sources(t, topo.Client, vip, 2),
 		map[string][]netip.Addr{be1.ID: {gw1}})
 
 	// A full sync (restart, periodic) agrees.
 	n.sync(st, fullSync)
-	expectRealServers(t, n, npKey)
+	expectRealServers(t, n, npKey, be1)
+	expectFails(t, "NodePort without a local endpoint, after a full sync", topo.Client, nodePort)
 
 	// The local endpoint is back.
 	policyService(st, true, false, topo.Backends...)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -94,13 +95,25 @@ func WaitHealth(t *testing.T, a *Agent, ns *netnstest.NS, addr string, svc Servi
 // externalTrafficPolicy Local and one endpoint on the node, one on another
 // node. From the client, the NodePort and the load-balancer IP reach only
 // the local endpoint, which sees the client's own address (no SNAT); the
-// ClusterIP still reaches both (masqueraded). The healthCheckNodePort on
-// the node's address answers 200 with localEndpoints 1. Once the local
-// endpoint leaves the EndpointSlice it answers 503 with 0, and external
-// traffic gets no answer (IPVS refuses, nftables drops: either passes)
-// while the ClusterIP reaches the remote endpoint.
+// ClusterIP still reaches both (masqueraded). A pod on the node reaches
+// the Service on those frontends with its own address, the node itself
+// masqueraded (which endpoints answer them differs: kube-proxy's IPVS mode
+// sends them to the local one, the nftables one short-circuits them to
+// all). The healthCheckNodePort on the node's address answers 200 with
+// localEndpoints 1.
+//
+// Once the local endpoint leaves the EndpointSlice the health check
+// answers 503 with 0; the client's new connections to the NodePort and
+// the load-balancer IP are dropped, not refused (kube-proxy: the client
+// retries), while the pod still reaches the remote endpoint there with its
+// own address and the node reaches it masqueraded (kube-proxy's "short
+// circuit": the IPVS dataplane's external virtual servers fall back to the
+// Cluster endpoints and its filter drops the other sources, the nftables
+// one's ext- chain sends pods and the node to them); the ClusterIP reaches
+// the remote endpoint from the client.
 func ExternalTrafficPolicyLocal(t *testing.T, env *Env) {
 	topo := env.NewTopology(t, 2)
+	pod := env.AddPod(t, topo)
 	a := env.NewAgent(t)
 	local, remote := topo.Backends[0].OnNode(env.NodeName), topo.Backends[1].OnNode(OtherNode)
 	lb := Service{Name: "lb", ClusterIP: lbIP, Port: 80, NodePort: NodePort, LoadBalancerIP: LoadBalancerIngress,
@@ -118,6 +131,12 @@ func ExternalTrafficPolicyLocal(t *testing.T, env *Env) {
 	ExpectSources(t, "load-balancer IP", topo, rs, From(ClientAddr))
 	rs = env.Spread(t, "ClusterIP", topo.Client, "tcp", lb.Addr(), 4, local, remote)
 	ExpectSources(t, "ClusterIP", topo, rs, Masqueraded)
+	for _, fe := range []struct{ what, addr string }{{"NodePort", lb.NodePortAddr()}, {"load-balancer IP", lbAddr}} {
+		rs = answeredBy(t, fe.what+" from a pod", pod, fe.addr, 4, local, remote)
+		ExpectSources(t, fe.what+" from a pod", topo, rs, From(PodAddr))
+		rs = answeredBy(t, fe.what+" from the node", env.Node, fe.addr, 4, local, remote)
+		ExpectSources(t, fe.what+" from the node", topo, rs, Masqueraded)
+	}
 	if h := WaitHealth(t, a, topo.Client, hcAddr, lb, http.StatusOK, 1); !h.ServiceProxyHealthy {
 		t.Errorf("health check with a local endpoint: %s, want serviceProxyHealthy", h)
 	}
@@ -127,17 +146,50 @@ func ExternalTrafficPolicyLocal(t *testing.T, env *Env) {
 	lb.Backends, lb.Draining = []Backend{remote}, []Backend{local}
 	a.WriteService(lb)
 	env.DP.WaitProgrammed(t, a, lb)
+	env.DP.CheckKernel(t, []Service{lb})
 	WaitHealth(t, a, topo.Client, hcAddr, lb, http.StatusServiceUnavailable, 0)
-	expectNoLocalAnswer(t, "NodePort without a local endpoint", topo.Client, lb.NodePortAddr())
-	expectNoLocalAnswer(t, "load-balancer IP without a local endpoint", topo.Client, lbAddr)
+	expectDropped(t, "NodePort without a local endpoint, from the client", topo.Client, lb.NodePortAddr())
+	expectDropped(t, "load-balancer IP without a local endpoint, from the client", topo.Client, lbAddr)
+	for _, fe := range []struct{ what, addr string }{{"NodePort", lb.NodePortAddr()}, {"load-balancer IP", lbAddr}} {
+		what := fe.what + " without a local endpoint"
+		rs = Only(t, what+", from a pod", pod, "tcp", fe.addr, 4, remote)
+		ExpectSources(t, what+", from a pod", topo, rs, From(PodAddr))
+		rs = Only(t, what+", from the node", env.Node, "tcp", fe.addr, 4, remote)
+		ExpectSources(t, what+", from the node", topo, rs, Masqueraded)
+	}
 	Only(t, "ClusterIP without a local endpoint", topo.Client, "tcp", lb.Addr(), 2, remote)
+	// The client is still dropped after all that traffic (nothing it
+	// left behind, a conntrack entry say, lets it through).
+	expectDropped(t, "NodePort without a local endpoint, from the client again", topo.Client, lb.NodePortAddr())
 }
 
-// expectNoLocalAnswer checks that a TCP request to addr gets no answer
-// within 2 s, and logs how it failed: refused at once (IPVS: a virtual
-// server without a real server of weight > 0) or dropped (nftables: the
-// no-local-endpoint sets), both as kube-proxy allows.
-func expectNoLocalAnswer(t *testing.T, what string, ns *netnstest.NS, addr string) {
+// answeredBy makes n TCP requests from ns to addr and checks that each is
+// answered by one of bes.
+func answeredBy(t *testing.T, what string, ns *netnstest.NS, addr string, n int, bes ...Backend) []Reply {
+	t.Helper()
+	rs := RequestAll(t, ns, "tcp", addr, n)
+	for _, r := range rs {
+		if !slices.ContainsFunc(bes, func(be Backend) bool { return be.ID == r.ID }) {
+			t.Errorf("%s: answered by %s (%v), want one of %v", what, r.ID, CountIDs(rs), backendIDs(bes))
+			break
+		}
+	}
+	return rs
+}
+
+func backendIDs(bes []Backend) []string {
+	out := make([]string, 0, len(bes))
+	for _, be := range bes {
+		out = append(out, be.ID)
+	}
+	return out
+}
+
+// expectDropped checks that a new TCP connection to addr gets no answer
+// within 2 s and is not refused: dropped (both dataplanes: the IPVS one's
+// filter before IPVS, the nftables one's no-local-endpoint sets), so the
+// client retries, as with kube-proxy.
+func expectDropped(t *testing.T, what string, ns *netnstest.NS, addr string) {
 	t.Helper()
 	start := time.Now()
 	reply, err := netnstest.Request(ns, "tcp", addr, "x", 2*time.Second)
@@ -146,7 +198,7 @@ func expectNoLocalAnswer(t *testing.T, what string, ns *netnstest.NS, addr strin
 	case err == nil:
 		t.Errorf("%s: tcp %s answered %q, want no answer", what, addr, reply)
 	case errors.Is(err, syscall.ECONNREFUSED):
-		t.Logf("%s: refused after %v", what, d)
+		t.Errorf("%s: tcp %s refused after %v, want it dropped (no answer)", what, addr, d)
 	default:
 		t.Logf("%s: no answer (%v) after %v", what, err, d)
 	}

@@ -99,10 +99,31 @@ func (s Service) Frontends() []Frontend {
 // Local tells whether fe, a frontend of s, serves only backends on the
 // node (a Local traffic policy applies to it).
 func (s Service) Local(fe Frontend) bool {
-	if !fe.NodePort && fe.Addr == s.ClusterIP {
+	if !s.External(fe) {
 		return s.InternalLocal
 	}
 	return s.ExternalLocal
+}
+
+// External tells whether fe, a frontend of s, is one external traffic
+// arrives on (load-balancer IP, external IPs, NodePort): not the
+// ClusterIP.
+func (s Service) External(fe Frontend) bool { return fe.NodePort || fe.Addr != s.ClusterIP }
+
+// NoLocalEndpoint tells whether s has externalTrafficPolicy Local and
+// backends, none of them on node: outside traffic to its external
+// frontends is dropped, while the node's own and its pods' traffic there
+// goes to the other nodes' backends (kube-proxy's "short circuit").
+func (s Service) NoLocalEndpoint(node string) bool {
+	if !s.ExternalLocal || len(s.Backends) == 0 {
+		return false
+	}
+	for _, be := range s.Backends {
+		if be.Node != "" && be.Node == node {
+			return false
+		}
+	}
+	return true
 }
 
 // Serving returns the backends fe (a frontend of s) sends new connections

@@ -87,8 +87,15 @@ func key(fe agentspec.Frontend) ipvs.Key {
 // wantRealServers is what frontend fe of s should have on node: the
 // Backends it serves at weight 1, the Draining ones at 0 (under a Local
 // policy only those on node: the others are no real servers at all).
+// An external frontend of an externalTrafficPolicy Local Service without
+// a backend on node falls back to all of them, as kube-proxy's IPVS mode
+// (for the node's and its pods' traffic: the iptables filter drops the
+// rest); Draining backends are taken to have served it before.
 func wantRealServers(s agentspec.Service, fe agentspec.Frontend, node string) map[netip.AddrPort]int {
 	ready, draining := s.Serving(fe, node)
+	if s.External(fe) && s.NoLocalEndpoint(node) {
+		ready, draining = s.Backends, s.Draining
+	}
 	m := map[netip.AddrPort]int{}
 	for _, ep := range agentspec.Endpoints(ready) {
 		m[ep] = 1
@@ -176,6 +183,14 @@ const (
 	setSourceIP   = "SWITCHYARD-LB-SOURCE-IP"
 )
 
+// The no-local-endpoint sets (package iptables): external frontends of
+// externalTrafficPolicy Local Services without a local endpoint; the
+// NodePort ones end in the protocol.
+const (
+	setNoLocal         = "SWITCHYARD-NO-LOCAL-ENDPOINT"
+	setNoLocalNodePort = "SWITCHYARD-NO-LOCAL-EP-NP-"
+)
+
 // firewallMembers are the members s needs in the firewall sets: its
 // load-balancer IP and port in FW, with each range in SOURCE-CIDR, and
 // with itself in SOURCE-IP when a node IP is inside a range; none
@@ -239,7 +254,9 @@ func (d *ipvsDataplane) firewallState(t *testing.T, s agentspec.Service) (bool, 
 // the ipsets the iptables rules match hold exactly their frontends (the
 // *-LOCAL ones, which exempt externalTrafficPolicy Local traffic from SNAT,
 // exactly the external frontends of Services with that policy; the
-// firewall ones exactly the load-balancer frontends of Services with
+// no-local-endpoint ones, whose outside traffic is dropped, exactly those
+// of such Services without a backend on the node; the firewall ones
+// exactly the load-balancer frontends of Services with
 // loadBalancerSourceRanges).
 func (d *ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	t.Helper()
@@ -249,14 +266,19 @@ func (d *ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 		"SWITCHYARD-NODE-PORT-TCP": nil, "SWITCHYARD-NODE-PORT-UDP": nil,
 		"SWITCHYARD-LOAD-BALANCER-LOCAL": nil, "SWITCHYARD-EXTERNAL-IP-LOCAL": nil,
 		"SWITCHYARD-NODE-PORT-LOCAL-TCP": nil, "SWITCHYARD-NODE-PORT-LOCAL-UDP": nil,
+		setNoLocal: nil, setNoLocalNodePort + "TCP": nil, setNoLocalNodePort + "UDP": nil,
 		setFW: nil, setSourceCIDR: nil, setSourceIP: nil,
 	}
-	// add puts m into set, and into its *-LOCAL twin under
-	// externalTrafficPolicy Local.
-	add := func(s agentspec.Service, set, local, m string) {
+	// add puts m into set, into its *-LOCAL twin under
+	// externalTrafficPolicy Local, and into noLocal without a backend on
+	// the node.
+	add := func(s agentspec.Service, set, local, noLocal, m string) {
 		want[set] = append(want[set], m)
 		if s.ExternalLocal {
 			want[local] = append(want[local], m)
+		}
+		if s.NoLocalEndpoint(d.env.NodeName) {
+			want[noLocal] = append(want[noLocal], m)
 		}
 	}
 	for _, s := range svcs {
@@ -269,13 +291,14 @@ func (d *ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 		}
 		want["SWITCHYARD-CLUSTER-IP"] = append(want["SWITCHYARD-CLUSTER-IP"], member(s.ClusterIP, s.Port))
 		if s.LoadBalancerIP.IsValid() {
-			add(s, "SWITCHYARD-LOAD-BALANCER", "SWITCHYARD-LOAD-BALANCER-LOCAL", member(s.LoadBalancerIP, s.Port))
+			add(s, "SWITCHYARD-LOAD-BALANCER", "SWITCHYARD-LOAD-BALANCER-LOCAL", setNoLocal, member(s.LoadBalancerIP, s.Port))
 		}
 		for _, ip := range s.ExternalIPs {
-			add(s, "SWITCHYARD-EXTERNAL-IP", "SWITCHYARD-EXTERNAL-IP-LOCAL", member(ip, s.Port))
+			add(s, "SWITCHYARD-EXTERNAL-IP", "SWITCHYARD-EXTERNAL-IP-LOCAL", setNoLocal, member(ip, s.Port))
 		}
 		if s.NodePort != 0 {
-			add(s, "SWITCHYARD-NODE-PORT-"+s.Proto(), "SWITCHYARD-NODE-PORT-LOCAL-"+s.Proto(), fmt.Sprintf("%s:%d", proto, s.NodePort))
+			add(s, "SWITCHYARD-NODE-PORT-"+s.Proto(), "SWITCHYARD-NODE-PORT-LOCAL-"+s.Proto(), setNoLocalNodePort+s.Proto(),
+				fmt.Sprintf("%s:%d", proto, s.NodePort))
 		}
 		for set, ms := range d.firewallMembers(s) {
 			want[set] = append(want[set], ms...)
@@ -289,7 +312,7 @@ func (d *ipvsDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	for _, set := range slices.Sorted(maps.Keys(want)) {
 		var got []string
 		for _, m := range ipsetMembers(t, set) {
-			if strings.HasPrefix(set, "SWITCHYARD-NODE-PORT-") { // LOCAL too
+			if strings.HasPrefix(set, "SWITCHYARD-NODE-PORT-") || strings.HasPrefix(set, setNoLocalNodePort) { // LOCAL too
 				// 0.0.0.0/1,tcp:30080 and 128.0.0.0/1,tcp:30080: any address.
 				_, m, _ = strings.Cut(m, ",")
 			}

@@ -118,9 +118,15 @@ func TestVMYardctlIPVS(t *testing.T) {
 	})
 
 	trackConnections(t)
-	st := serviceState("web", dataplane.TCP, 80, 30080, "", topo.Backends...)
+	// Addresses and ports no other test uses: the kernel keeps a deleted
+	// real server's counters for a while and gives them back when the same
+	// virtual server gets it again.
+	st := serviceState("web", dataplane.TCP, 80, 30777, "", topo.Backends...)
 	st.NodeName, st.NodeIPs = "vm", []netip.Addr{nodeAddr}
-	addService(st, "empty", dataplane.UDP, 53, 0, "")
+	empty := addService(st, "empty", dataplane.UDP, 53, 0, "")
+	webName := dataplane.ServicePortName{ServiceName: dataplane.ServiceName{Namespace: "default", Name: "web"}, Protocol: dataplane.TCP}
+	st.Services[webName].ClusterIPs = []netip.Addr{netip.MustParseAddr(yardctlVIP)}
+	st.Services[empty].ClusterIPs = []netip.Addr{netip.MustParseAddr("10.96.77.53")}
 	n.sync(st, fullSync)
 	syncer := &yardctlSyncer{n: n, st: st, syncs: 1, last: time.Now()}
 
@@ -151,13 +157,40 @@ func TestVMYardctlIPVS(t *testing.T) {
 
 	synced := yardctl("ipvs")
 	expectOutput(t, "yardctl ipvs right after the sync", synced, yardctlIPVSSynced)
-	expectOutput(t, "yardctl trace to the cluster IP", yardctl("trace", "10.96.0.10:80/tcp"), yardctlTraceWeb)
+	expectOutput(t, "yardctl trace to the cluster IP", yardctl("trace", yardctlVIP+":80/tcp"), yardctlTraceWeb)
+
+	// webVS reads web's ClusterIP virtual server as yardctl ipvs -o json
+	// shows it.
+	webVS := func() agentapi.IPVSVirtualServer {
+		t.Helper()
+		var tbl agentapi.IPVSTable
+		if err := json.Unmarshal([]byte(yardctl("ipvs", "-o", "json")), &tbl); err != nil {
+			t.Fatal(err)
+		}
+		for _, vs := range tbl.VirtualServers {
+			if vs.Address == yardctlVIP+":80" && vs.Protocol == "TCP" {
+				return vs
+			}
+		}
+		t.Fatalf("no virtual server %s:80 in %+v", yardctlVIP, tbl)
+		return agentapi.IPVSVirtualServer{}
+	}
+	// Counters are compared with their values before the traffic: the
+	// kernel may hand a virtual server a recently deleted real server back
+	// with its counters.
+	before := map[string]uint64{}
+	for _, rs := range webVS().RealServers {
+		if rs.Stats == nil {
+			t.Fatalf("real server %s without counters", rs.Address)
+		}
+		before[rs.Address] = rs.Stats.Connections
+	}
 
 	// Four connections held open: round robin puts two on each backend,
 	// and IPVS, the services view and conntrack count them.
 	seen := map[string]int{}
 	for i := range 4 {
-		c, err := netnstest.Dial(topo.Client, "tcp", "10.96.0.10:80", 5*time.Second)
+		c, err := netnstest.Dial(topo.Client, "tcp", yardctlVIP+":80", 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,15 +211,7 @@ func TestVMYardctlIPVS(t *testing.T) {
 	var web agentapi.IPVSVirtualServer
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		var tbl agentapi.IPVSTable
-		if err := json.Unmarshal([]byte(yardctl("ipvs", "-o", "json")), &tbl); err != nil {
-			t.Fatal(err)
-		}
-		for _, vs := range tbl.VirtualServers {
-			if vs.Address == "10.96.0.10:80" && vs.Protocol == "TCP" {
-				web = vs
-			}
-		}
+		web = webVS()
 		if web.Stats != nil && web.Stats.Connections >= 4 || time.Now().After(deadline) {
 			break
 		}
@@ -196,8 +221,8 @@ func TestVMYardctlIPVS(t *testing.T) {
 		t.Errorf("web's counters after 4 connections: %+v", web.Stats)
 	}
 	for _, rs := range web.RealServers {
-		if rs.ActiveConnections != 2 || rs.Stats == nil || rs.Stats.Connections != 2 {
-			t.Errorf("real server %s: %d active, counters %+v; want 2 each", rs.Address, rs.ActiveConnections, rs.Stats)
+		if rs.ActiveConnections != 2 || rs.Stats == nil || rs.Stats.Connections-before[rs.Address] != 2 {
+			t.Errorf("real server %s: %d active, counters %+v (%d connections before); want 2 more each", rs.Address, rs.ActiveConnections, rs.Stats, before[rs.Address])
 		}
 	}
 	if out := yardctl("services", "web"); !strings.Contains(out, "10.100.0.2:8080(w1 ready 2/0) 10.100.1.2:8080(w1 ready 2/0)") {
@@ -212,11 +237,11 @@ func TestVMYardctlIPVS(t *testing.T) {
 	}
 
 	// Drift behind the agent's back, shown, then repaired by yardctl sync.
-	webKey := ipvs.Key{IP: clusterIP, Protocol: dataplane.TCP, Port: 80}
+	webKey := ipvs.Key{IP: netip.MustParseAddr(yardctlVIP), Protocol: dataplane.TCP, Port: 80}
 	if err := n.h.UpdateRealServer(webKey, ipvs.RealServer{Addr: netip.AddrPortFrom(topo.Backends[1].Addr, 8080), Weight: 7}); err != nil {
 		t.Fatal(err)
 	}
-	if out := yardctl("ipvs"); !strings.Contains(out, "TCP 10.96.0.10:80: real server 10.100.1.2:8080 weight 7, want 1") {
+	if out := yardctl("ipvs"); !strings.Contains(out, "TCP "+yardctlVIP+":80: real server 10.100.1.2:8080 weight 7, want 1") {
 		t.Errorf("drift not shown:\n%s", out)
 	}
 	if out := yardctl("sync", "--wait"); !strings.HasPrefix(out, "Full sync done: 2 successful syncs") {
@@ -248,21 +273,23 @@ func TestVMYardctlIPVS(t *testing.T) {
 
 // What yardctl ipvs prints right after the sync: every virtual server,
 // the foreign one too, with its owner; no drift; zero counters.
+const yardctlVIP = "10.96.77.10"
+
 const yardctlIPVSSynced = `
 	IPVS table read by the agent and compared with its desired state.
 	PROT  LOCALADDRESS:PORT     SCHED  WEIGHT  ACTIVE  INACTIVE  CONNS  INPKTS  OUTPKTS  INBYTES  OUTBYTES  OWNER                    DRIFT
-	TCP   10.96.0.10:80         rr             0       0         0      0       0        0        0         default/web:tcp          -
+	TCP   10.96.77.10:80        rr             0       0         0      0       0        0        0         default/web:tcp          -
 	        -> 10.100.0.2:8080  masq   1       0       0         0      0       0        0        0
 	        -> 10.100.1.2:8080  masq   1       0       0         0      0       0        0        0
-	UDP   10.96.0.10:53         rr             0       0         0      0       0        0        0         default/empty:udp        -
+	UDP   10.96.77.53:53        rr             0       0         0      0       0        0        0         default/empty:udp        -
 	TCP   10.99.0.1:443         wlc            0       0         0      0       0        0        0         not owned by switchyard  -
-	TCP   10.99.0.1:30080       rr             0       0         0      0       0        0        0         default/web:tcp          -
+	TCP   10.99.0.1:30777       rr             0       0         0      0       0        0        0         default/web:tcp          -
 	        -> 10.100.0.2:8080  masq   1       0       0         0      0       0        0        0
 	        -> 10.100.1.2:8080  masq   1       0       0         0      0       0        0        0
 `
 
 const yardctlTraceWeb = `
-	Destination 10.96.0.10:80/TCP (dataplane ipvs)
+	Destination 10.96.77.10:80/TCP (dataplane ipvs)
 
 	default/web:tcp via clusterIP (traffic policy Cluster): forward
 	  BACKEND          NODE  ZONE  STATE  CHOSEN  WHY NOT
@@ -272,7 +299,7 @@ const yardctlTraceWeb = `
 	    - internalTrafficPolicy=Cluster: endpoints on any node
 	    - new connections pick a backend by IPVS scheduler rr
 	  Dataplane:
-	    ipvs virtual server 10.96.0.10:80/TCP scheduler rr
+	    ipvs virtual server 10.96.77.10:80/TCP scheduler rr
 	      -> 10.100.0.2:8080 masq weight 1 active 0 inactive 0
 	      -> 10.100.1.2:8080 masq weight 1 active 0 inactive 0
 `

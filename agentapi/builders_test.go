@@ -97,16 +97,28 @@ func TestTraceFrom(t *testing.T) {
 	}
 }
 
-// Local policy without a local endpoint: nftables drops, IPVS refuses.
+// externalTrafficPolicy Local without a local endpoint: outside clients
+// dropped, the node and its pods to the Cluster endpoints, on both
+// dataplanes; internalTrafficPolicy Local without one: nftables drops,
+// IPVS (no real server) refuses.
 func TestTraceNoLocalEndpoint(t *testing.T) {
 	st := testState()
 	st.Endpoints[shopAPI] = st.Endpoints[shopAPI][1:] // node-b's only
 	dst := ap("203.0.113.7:443")
+	for _, kind := range []string{KindNFTables, KindIPVS} {
+		m := TraceFrom(st, dst, dataplane.TCP, &fakeInspector{kind: kind}).Matches
+		if len(m) != 1 || m[0].Result != "drop" || len(m[0].Backends) != 1 || !m[0].Backends[0].Chosen ||
+			!strings.Contains(strings.Join(m[0].Reasons, "\n"), "this node's pods and the node itself reach the Cluster endpoints") {
+			t.Errorf("%s, external: %+v, want a drop, the Cluster endpoint chosen for the node's pods", kind, m)
+		}
+	}
+	st.Services[shopAPI].InternalPolicyLocal = true
+	dst = ap("10.96.0.44:443")
 	if m := TraceFrom(st, dst, dataplane.TCP, &fakeInspector{kind: KindNFTables}).Matches; len(m) != 1 || m[0].Result != "drop" {
-		t.Errorf("nftables: %+v, want one drop", m)
+		t.Errorf("nftables, internal: %+v, want one drop", m)
 	}
 	if m := TraceFrom(st, dst, dataplane.TCP, &fakeInspector{kind: KindIPVS}).Matches; len(m) != 1 || m[0].Result != "reject" {
-		t.Errorf("ipvs: %+v, want one reject", m)
+		t.Errorf("ipvs, internal: %+v, want one reject", m)
 	}
 }
 
@@ -173,16 +185,21 @@ func (w *weighingInspector) Weights(*dataplane.State, dataplane.ServicePortName,
 }
 
 // When the dataplane says which backends it uses, the trace shows its
-// choice: IPVS serving externalTrafficPolicy Local without a local
-// endpoint from the Cluster endpoints, or a backend at weight 0.
+// choice.
 func TestTraceDataplaneWeights(t *testing.T) {
 	st := testState()
 	st.Endpoints[shopAPI] = st.Endpoints[shopAPI][1:] // node-b's only
 	insp := &weighingInspector{fakeInspector: fakeInspector{kind: KindIPVS}, weights: map[netip.AddrPort]int{ap("10.244.2.5:9000"): 1}}
 	m := TraceFrom(st, ap("203.0.113.7:443"), dataplane.TCP, insp).Matches[0]
-	if m.Result != "forward" || len(m.Backends) != 1 || !m.Backends[0].Chosen ||
-		!strings.Contains(strings.Join(m.Reasons, "\n"), "no local endpoint: the virtual server uses the Cluster endpoints") {
-		t.Errorf("fallback to the Cluster endpoints: %+v", m)
+	if m.Result != "drop" || len(m.Backends) != 1 || !m.Backends[0].Chosen || strings.Contains(strings.Join(m.Reasons, "\n"), "differs") {
+		t.Errorf("fallback to the Cluster endpoints, as the dataplane does: %+v", m)
+	}
+	// A dataplane choosing otherwise is shown, with a note.
+	insp.weights = map[netip.AddrPort]int{ap("10.244.2.5:9000"): 0}
+	m = TraceFrom(st, ap("203.0.113.7:443"), dataplane.TCP, insp).Matches[0]
+	if len(m.Backends) != 1 || m.Backends[0].Chosen || m.Backends[0].Why != "weight 0 in the dataplane" ||
+		!strings.Contains(strings.Join(m.Reasons, "\n"), "differs") {
+		t.Errorf("dataplane's weight 0: %+v", m)
 	}
 
 	insp.weights = map[netip.AddrPort]int{ap("10.244.1.2:8080"): 1, ap("10.244.2.3:8080"): 0}

@@ -115,6 +115,14 @@ func traceMatch(st *dataplane.State, name dataplane.ServicePortName, sp *datapla
 	if local {
 		chosen = sets.Local
 	}
+	// externalTrafficPolicy Local without a local endpoint, as kube-proxy
+	// and both dataplanes: new connections from outside the cluster are
+	// dropped; this node's pods and the node itself reach the Cluster
+	// endpoints.
+	noLocal := local && !internal && len(sets.Local) == 0 && len(sets.Cluster) > 0
+	if noLocal {
+		chosen = sets.Cluster
+	}
 	isChosen := map[netip.AddrPort]bool{}
 	for _, e := range chosen {
 		isChosen[e.Addr] = true
@@ -162,7 +170,7 @@ func traceMatch(st *dataplane.State, name dataplane.ServicePortName, sp *datapla
 		m.Reasons = append(m.Reasons, fmt.Sprintf("%s=Local: only endpoints on this node (%s)", policy, st.NodeName))
 	case local:
 		m.Reasons = append(m.Reasons, fmt.Sprintf("%s=Local: clients outside the cluster keep their address and reach only endpoints on this node (%s)", policy, st.NodeName))
-		if kind == KindNFTables {
+		if kind == KindNFTables && !noLocal {
 			m.Reasons = append(m.Reasons, fmt.Sprintf("traffic from pods (cluster CIDRs) and from this node goes to the Cluster endpoints instead (%d)", len(sets.Cluster)))
 		}
 	default:
@@ -171,10 +179,7 @@ func traceMatch(st *dataplane.State, name dataplane.ServicePortName, sp *datapla
 			m.Reasons = append(m.Reasons, "external traffic is masqueraded (the backend sees the node's address)")
 		}
 	}
-	switch {
-	case differs && local && !internal && len(sets.Local) == 0:
-		m.Reasons = append(m.Reasons, "no local endpoint: the virtual server uses the Cluster endpoints, for this node's pods and the node itself; other sources are dropped before IPVS")
-	case differs:
+	if differs {
 		m.Reasons = append(m.Reasons, "the dataplane's choice of backends differs from the traffic policy's alone (shown)")
 	}
 	if !local && sets.TopologyMode != "" {
@@ -188,6 +193,9 @@ func traceMatch(st *dataplane.State, name dataplane.ServicePortName, sp *datapla
 		m.Reasons = append(m.Reasons, "no ready endpoint: serving terminating endpoints take the traffic (KEP-1669)")
 	}
 	switch {
+	case noLocal:
+		m.Result = "drop"
+		m.Reasons = append(m.Reasons, fmt.Sprintf("no endpoint on this node: new connections from outside the cluster are dropped (the client retries); this node's pods and the node itself reach the Cluster endpoints (chosen: %d)", len(chosen)))
 	case len(chosen) > 0:
 		m.Result = "forward"
 		if insp != nil {

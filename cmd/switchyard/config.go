@@ -65,6 +65,8 @@ type config struct {
 	// metricsBackendCap backends.
 	metricsPerBackend bool
 	metricsBackendCap int
+	// apiSocket serves yardctl's API ("" disables).
+	apiSocket string
 
 	// configFile is --config: a KubeProxyConfiguration and/or a
 	// SwitchyardConfiguration (configfile.go); flags given on the command
@@ -112,6 +114,7 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port serving Prometheus metrics at /metrics; empty disables")
 	fs.BoolVar(&c.metricsPerBackend, "metrics-per-backend", true, "expose per-backend connection metrics (up to --metrics-backend-cap backends; beyond, per-Service sums only)")
 	fs.IntVar(&c.metricsBackendCap, "metrics-backend-cap", 20000, "most backends exposed one by one when --metrics-per-backend is set")
+	fs.StringVar(&c.apiSocket, "api-socket", "/run/switchyard/switchyard.sock", "unix socket serving yardctl's read-mostly API (mode 0600, root only; no TCP listener); empty disables")
 	fs.StringVar(&c.configFile, "config", "", "configuration file: a kube-proxy KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and/or a SwitchyardConfiguration (switchyard.io/v1alpha1); flags given on the command line override it")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
 

@@ -101,6 +101,12 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	syncer := dataplane.NewSyncer(tracker, dataplane.Chain{dp, hc}, cfg.minSyncPeriod, cfg.syncPeriod)
 	syncer.Observe(health)
 	syncer.Observe(m)
+	stopAPI, err := serveAPI(cfg.apiSocket, cfg.hostnameOverride, syncer, dp)
+	if err != nil {
+		klog.ErrorS(err, "Not serving the agent API; yardctl will read the kernel only", "socket", cfg.apiSocket)
+	} else {
+		defer stopAPI()
+	}
 	if p, ok := findPart[*ipvs.Proxier](dp); ok {
 		m.AddBackendSource(func() []metrics.BackendConns { return ipvsBackendConns(p.Snapshot()) }, cfg.metricsPerBackend, cfg.metricsBackendCap)
 	}

@@ -83,7 +83,7 @@ endpoints:
 `)
 	healthz, metricsAddr := freeLoopbackPort(t), freeLoopbackPort(t)
 	cfg, err := parseFlags([]string{"--manifests", dir, "--hostname-override", "Node-A", "--min-sync-period", "0",
-		"--healthz-bind-address", healthz, "--metrics-bind-address", metricsAddr})
+		"--healthz-bind-address", healthz, "--metrics-bind-address", metricsAddr, "--api-socket", filepath.Join(t.TempDir(), "api.sock")})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,6 +119,7 @@ func (a *Agent) args() []string {
 	args := []string{
 		"--hostname-override", a.env.NodeName,
 		"--state-dir", a.StateDir,
+		"--api-socket", filepath.Join(a.StateDir, "api.sock"),
 		"-v=2",
 	}
 	if len(a.env.NodeIPs) > 0 {

@@ -39,6 +39,7 @@ func Scenarios() []Scenario {
 		{"BadInput", BadInput},
 		{"HostPort", HostPort},
 		{"Observability", Observability},
+		{"AgentAPI", AgentAPI},
 	}
 }
 

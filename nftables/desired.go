@@ -134,7 +134,10 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 			lbs = append(lbs, fr)
 		}
 	}
-	if sp.NodePort != 0 && nodePortsEnabled(cfg, f) {
+	// As kube-proxy's per-family proxiers (and the IPVS dataplane), a
+	// Service has a NodePort in a family only when it has a cluster IP of
+	// that family.
+	if sp.NodePort != 0 && nodePortsEnabled(cfg, f) && len(internal) > 0 {
 		external = append(external, frontend{proto: proto, port: sp.NodePort})
 	}
 	ps.frontends = append(append(ps.frontends, internal...), external...)

@@ -7,10 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/switchyard/switchyard/agentapi"
-	"github.com/switchyard/switchyard/test/netnstest"
 )
 
 // AgentAPI: the agent binary serves yardctl's API on its --api-socket.
@@ -40,16 +38,7 @@ func AgentAPI(t *testing.T, env *Env) {
 		t.Errorf("status %+v, want dataplane %s, node %s, 1 Service port, 2 endpoints, no error", *st, env.DP.Name(), env.NodeName)
 	}
 
-	conn, err := netnstest.Dial(topo.Client, "tcp", web.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	reply, err := netnstest.Exchange(conn, "hold", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, _ := topo.Backend(ParseReply(t, reply).ID)
+	held := HoldConnection(t, topo, topo.Client, web.Addr())
 	heldAddr := netip.AddrPortFrom(held.Addr, TargetPort).String()
 	a.Eventually("the held connection in the API's services", Deadline, func() (bool, string) {
 		sl, err := c.Services(ctx, Namespace, "web")

@@ -107,17 +107,7 @@ func Observability(t *testing.T, env *Env) {
 	// An open connection shows on its backend once a full resync (every
 	// 2 s here, slower in the VM) read the kernel; the change nudges the
 	// loop along.
-	conn, err := netnstest.Dial(topo.Client, "tcp", web.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	reply, err := netnstest.Exchange(conn, "hold", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	be := ParseReply(t, reply).ID
-	backend, _ := topo.Backend(be)
+	backend := HoldConnection(t, topo, topo.Client, web.Addr())
 	a.WriteService(web, Service{Name: "nudge", ClusterIP: ip("10.96.0.61"), Port: 80, Backends: topo.Backends[:1]})
 	series := fmt.Sprintf(`switchyard_backend_connections\{backend="%s",frontend="%s",service="[^"]*",state="active"\}`,
 		regexp.QuoteMeta(netip.AddrPortFrom(backend.Addr, TargetPort).String()), regexp.QuoteMeta(web.Addr()+"/TCP"))

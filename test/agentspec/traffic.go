@@ -183,3 +183,25 @@ func ExpectSameSnapshot(t *testing.T, what, before, after string) {
 	t.Errorf("%s: the node changed\nonly before:\n  %s\nonly after:\n  %s\n(order may differ too; full before:\n%s)",
 		what, strings.Join(gone, "\n  "), strings.Join(added, "\n  "), before)
 }
+
+// HoldConnection opens a TCP connection from ns to addr, exchanges one
+// message (so it is established and its backend known) and keeps it open
+// until the test ends. It returns the backend that answered.
+func HoldConnection(t *testing.T, topo *Topology, ns *netnstest.NS, addr string) Backend {
+	t.Helper()
+	conn, err := netnstest.Dial(ns, "tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	reply, err := netnstest.Exchange(conn, "hold", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := ParseReply(t, reply).ID
+	be, ok := topo.Backend(id)
+	if !ok {
+		t.Fatalf("held connection answered by unknown backend %q", id)
+	}
+	return be
+}

@@ -79,3 +79,14 @@ type SyncError struct {
 
 func (e *SyncError) Error() string { return e.Dataplane + ": " + e.Err.Error() }
 func (e *SyncError) Unwrap() error { return e.Err }
+
+// RepairReporter is implemented by dataplanes that can tell drift repairs
+// apart from ordinary programming: a sync in which the kernel was found
+// differing from what this process had last programmed, with no model
+// change behind it, and was written to fix it (something deleted or edited
+// an object behind the agent's back). Repairs returns how many syncs did
+// so since the process started; it is safe to call from any goroutine
+// (metrics scrapes).
+type RepairReporter interface {
+	Repairs() uint64
+}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -71,6 +72,8 @@ type Proxier struct {
 	pending map[conntrack.Filter]bool
 	// reported are the problems last reported, by their text.
 	reported map[string]bool
+	// repairs counts the syncs that repaired drift (see Repairs).
+	repairs atomic.Uint64
 }
 
 type familyState struct {
@@ -81,9 +84,15 @@ type familyState struct {
 	synced bool
 }
 
+// Repairs implements dataplane.RepairReporter: the successful syncs that
+// wrote to a table this process had left as wanted, with no Pod changed
+// since (the table deleted or edited behind the agent's back).
+func (p *Proxier) Repairs() uint64 { return p.repairs.Load() }
+
 var (
-	_ dataplane.Dataplane = (*Proxier)(nil)
-	_ source.PodHandler   = (*Proxier)(nil)
+	_ dataplane.RepairReporter = (*Proxier)(nil)
+	_ dataplane.Dataplane      = (*Proxier)(nil)
+	_ source.PodHandler        = (*Proxier)(nil)
 )
 
 // NewProxier returns a Proxier. Nothing changes in the kernel until Sync or
@@ -220,6 +229,9 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 		batches       []*batch
 		planned       []*familyState
 		before, after []entries
+		// drift: a family's table was left as wanted by the last sync
+		// and no Pod changed, so any write to it is a repair.
+		drift []bool
 	)
 	for _, fs := range p.families {
 		full := changes.Full || podsChanged || !fs.synced
@@ -260,16 +272,23 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 		}
 		batches, planned = append(batches, b), append(planned, fs)
 		before, after = append(before, have), append(after, want)
+		drift = append(drift, fs.synced && podsSynced && !podsChanged)
 	}
 	stats, err := runBatches(p.cfg.Conn, batches)
 	if err != nil {
 		return fail(fmt.Errorf("sync: %w", err))
 	}
+	repaired := false
 	for i, fs := range planned {
+		repaired = repaired || drift[i] && batches[i].stats.Messages > 0
 		fs.synced = true
 		for _, f := range staleFlowFilters(before[i], after[i]) {
 			p.pending[f] = true
 		}
+	}
+	if repaired {
+		p.repairs.Add(1)
+		logger.Info("Repaired hostport drift: a table differed from what this agent had programmed", "messages", stats.Messages)
 	}
 	if stats.Messages > 0 {
 		logger.V(2).Info("Synced hostport tables", "mappings", len(mappings), "messages", stats.Messages,

@@ -418,6 +418,17 @@ func TestProxierRepairsDrift(t *testing.T) {
 			if got := e.dump(t); got != want {
 				t.Errorf("after a full sync:\n%s\nwant:\n%s", got, want)
 			}
+			// One sync repaired it (the partial or the full one).
+			if n := e.p.Repairs(); n != 1 {
+				t.Errorf("%d repairs counted, want 1", n)
+			}
+			// A Pod change is programming, not a repair.
+			e.p.OnPodUpsert(newPod("db", []string{"10.244.1.3"}, port("c", "", "", 5432, 5432)))
+			e.sync(t, partial)
+			e.sync(t, full)
+			if n := e.p.Repairs(); n != 1 {
+				t.Errorf("a new Pod counted as a repair: %d, want 1", n)
+			}
 		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -27,9 +28,20 @@ type Proxier struct {
 	// dropped on any failed Sync and by Cleanup, so the next Sync reads the
 	// kernel again.
 	known map[string]*knownSet
+	// repairs counts the syncs that repaired drift (see Repairs).
+	repairs atomic.Uint64
 }
 
-var _ dataplane.Dataplane = (*Proxier)(nil)
+var (
+	_ dataplane.Dataplane      = (*Proxier)(nil)
+	_ dataplane.RepairReporter = (*Proxier)(nil)
+)
+
+// Repairs implements dataplane.RepairReporter: the successful syncs after
+// the first that wrote to a set, chain or hook while no Service had
+// changed (the model, and so Desired, was the one already applied): the
+// kernel had lost or changed something behind the agent's back.
+func (p *Proxier) Repairs() uint64 { return p.repairs.Load() }
 
 // NewProxier returns a Proxier for cfg.Family programming through ipset and
 // tables; tables must be of that family (NewTables(WithFamily(...)) or
@@ -120,6 +132,12 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 			return fmt.Errorf("remove stale sets: %w", err)
 		}
 	}
+	if p.synced && len(changes.Services) == 0 && n.wrote() {
+		p.repairs.Add(1)
+		logger.Info("Repaired drift: sets or chains differed from what this agent had programmed",
+			"memberAdds", n.memberAdds, "memberDels", n.memberDels, "setCreates", n.setCreates,
+			"ruleWrites", n.ruleWrites, "chainCreates", n.chainCreates, "chainDeletes", n.chainDeletes)
+	}
 	p.synced = true
 	logger.V(2).Info("Synced iptables and ipsets", "full", full, "took", time.Since(start),
 		"memberAdds", n.memberAdds, "memberDels", n.memberDels, "setCreates", n.setCreates,
@@ -131,6 +149,12 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 type opCounts struct {
 	memberAdds, memberDels, setCreates, setGrows int
 	ruleWrites, chainCreates, chainDeletes       int
+}
+
+// wrote reports whether the sync changed anything in the kernel. Growing
+// a set is capacity, not content, and is left out.
+func (n opCounts) wrote() bool {
+	return n.memberAdds+n.memberDels+n.setCreates+n.ruleWrites+n.chainCreates+n.chainDeletes > 0
 }
 
 // ensureSysctls applies the conntrack sysctl. Failing to write it (a

@@ -157,6 +157,10 @@ func TestDriftRepair(t *testing.T) {
 	p := k.proxier(t, testConfig())
 	st := smallState(t)
 	fullSync(t, p, st)
+	fullSync(t, p, st) // periodic, nothing to do
+	if n := p.Repairs(); n != 0 {
+		t.Fatalf("repairs after the first and an idle full sync: %d, want 0", n)
+	}
 	want := Desired(st, p.cfg)
 
 	must := func(err error) {
@@ -186,9 +190,29 @@ func TestDriftRepair(t *testing.T) {
 	if diff := lineDiff(want.Dump(), got); diff != "- "+"  10.96.0.10,tcp:80\n+ "+"  10.9.9.9,tcp:1,10.9.9.9\n" {
 		t.Errorf("partial sync: want everything but the two members repaired, got:\n%s", diff)
 	}
+	if n := p.Repairs(); n != 1 {
+		t.Errorf("after the partial sync: %d repairs, want 1", n)
+	}
 	fullSync(t, p, st)
 	if got := ownedDump(t, k.sets, k.tables, want); got != want.Dump() {
 		t.Errorf("not repaired by a full sync:\n%s", lineDiff(want.Dump(), got))
+	}
+	if n := p.Repairs(); n != 2 {
+		t.Errorf("after the full sync: %d repairs, want 2", n)
+	}
+	fullSync(t, p, st)
+	if n := p.Repairs(); n != 2 {
+		t.Errorf("an idle full sync counted as a repair: %d, want 2", n)
+	}
+	// A model change is programming, not a repair.
+	for name, eps := range st.Endpoints {
+		if name.Name == "web" {
+			st.Endpoints[name] = append(eps, dataplane.Endpoint{Addr: netip.MustParseAddrPort("10.244.3.4:8080"), Ready: true})
+			partialSync(t, p, st, name.ServiceName)
+		}
+	}
+	if n := p.Repairs(); n != 2 {
+		t.Errorf("an endpoint change counted as a repair: %d, want 2", n)
 	}
 	post, _ := k.tables.ListRules(TableNAT, builtinPostrouting)
 	if len(post) != 3 || !isOurHook(post[0]) || post[1].Comment() != "pushy" {

@@ -44,6 +44,9 @@ func (p *Proxier) applyKey(r *syncRun, k Key, now time.Time) {
 			return
 		}
 		klog.V(2).InfoS("Added virtual server", "virtualServer", k, "service", d.Service)
+		if _, had := r.prev[k]; had {
+			r.repaired = true
+		}
 		p.dropDrains(r, k, nil)
 		o = &observedVS{vs: d.VirtualServer(k), owned: true, rss: map[netip.AddrPort]RealServer{}}
 		p.syncRealServers(r, k, d, o, now)
@@ -55,6 +58,9 @@ func (p *Proxier) applyKey(r *syncRun, k Key, now time.Time) {
 			} else {
 				klog.V(2).InfoS("Updated virtual server", "virtualServer", k, "scheduler", want.Scheduler, "flags", want.Flags, "timeout", want.Timeout)
 				o.vs = want
+				if had, ok := r.prev[k]; ok && had.sameConfig(want) {
+					r.repaired = true
+				}
 			}
 		}
 		p.syncRealServers(r, k, d, o, now)
@@ -86,6 +92,9 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 				continue
 			}
 			o.rss[addr] = want
+			if _, had := r.hadRealServer(k, addr); had {
+				r.repaired = true
+			}
 		case cur.Weight != w || cur.Forward != ForwardMasq:
 			if err := p.handle.UpdateRealServer(k, want); err != nil {
 				r.errs = append(r.errs, err)
@@ -93,6 +102,9 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 			}
 			cur.Weight, cur.Forward = w, ForwardMasq
 			o.rss[addr] = cur
+			if had, ok := r.hadRealServer(k, addr); ok && had.Weight == w && had.Forward == ForwardMasq {
+				r.repaired = true
+			}
 		}
 		r.deleteDrain(drainKey{k, addr})
 	}
@@ -134,6 +146,9 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 			}
 			klog.V(2).InfoS("Draining real server", "virtualServer", k, "realServer", addr, "connections", conns)
 			o.rss[addr] = cur
+			if had, ok := r.hadRealServer(k, addr); ok && draining && had.Weight == 0 {
+				r.repaired = true
+			}
 		}
 		r.setDrain(dk, since)
 	}

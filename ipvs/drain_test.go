@@ -90,6 +90,34 @@ func TestDrainLifecycle(t *testing.T) {
 	if e.clock.Pending() != 0 {
 		t.Errorf("drain check armed with nothing draining")
 	}
+	// Removing the endpoint, draining and the drain's end are programming.
+	if n := p.Repairs(); n != 0 {
+		t.Errorf("a drain counted as %d repairs", n)
+	}
+}
+
+// A weight-0 draining real server set back to weight 1 behind the agent's
+// back is drift; the drain itself and its end are not.
+func TestDrainWeightRestoredIsARepair(t *testing.T) {
+	e := newEnv(t)
+	p := e.proxier(Config{})
+	st := webState()
+	e.sync(p, st, full)
+	e.h.SetConnections(webKey, oldRS, 1, 0)
+	scaleDown(st)
+	e.sync(p, st, changed(webSPN))
+	if err := e.h.UpdateRealServer(webKey, RealServer{Addr: oldRS, Weight: 1}); err != nil {
+		t.Fatal(err)
+	}
+	e.sync(p, st, changed())
+	if n := p.Repairs(); n != 1 {
+		t.Errorf("drain weight restored: %d repairs, want 1", n)
+	}
+	e.h.SetConnections(webKey, oldRS, 0, 0)
+	e.sync(p, st, changed())
+	if n := p.Repairs(); n != 1 {
+		t.Errorf("drain end counted as a repair: %d, want 1", n)
+	}
 }
 
 func TestDrainTimeout(t *testing.T) {
@@ -122,6 +150,9 @@ func TestEndpointReturnsWhileDraining(t *testing.T) {
 	e.sync(p, st, changed(webSPN))
 	// Back to weight 1 in place: its open connection is not cut.
 	e.expectMutations("UpdateRealServer 10.96.0.10:80/TCP 10.244.2.7:8080 weight=1")
+	if n := p.Repairs(); n != 0 {
+		t.Errorf("an endpoint coming back counted as %d repairs", n)
+	}
 	if strings.Contains(e.stateFile(), "10.244.2.7") {
 		t.Errorf("drain still recorded:\n%s", e.stateFile())
 	}

@@ -147,6 +147,10 @@ func TestDriftIsRepairedOnFullSync(t *testing.T) {
 	p := e.proxier(Config{})
 	st := webState()
 	e.sync(p, st, full)
+	e.sync(p, st, full) // periodic, nothing to do
+	if n := p.Repairs(); n != 0 {
+		t.Fatalf("repairs after the first and an idle full sync: %d, want 0", n)
+	}
 	want := e.h.Dump()
 	wantLinks := e.l.Dump()
 
@@ -170,6 +174,41 @@ func TestDriftIsRepairedOnFullSync(t *testing.T) {
 	if got := e.l.Dump(); got != wantLinks {
 		t.Errorf("links not repaired:\n%s\nwant\n%s", got, wantLinks)
 	}
+	if n := p.Repairs(); n != 1 {
+		t.Errorf("%d repairs counted, want 1 (one sync)", n)
+	}
+	// Each kind alone is a repair.
+	for i, edit := range []func() error{
+		func() error { return e.h.DeleteVirtualServer(key("192.168.1.10:30080/TCP")) },
+		func() error { return e.h.DeleteRealServer(key("10.96.0.10:80/TCP"), addrPort("10.244.2.7:8080")) },
+		func() error {
+			return e.h.UpdateRealServer(key("10.96.0.10:80/TCP"), RealServer{Addr: addrPort("10.244.2.7:8080"), Weight: 5})
+		},
+		func() error {
+			return e.h.UpdateVirtualServer(VirtualServer{Key: key("10.96.0.20:80/TCP"), Scheduler: "sh"})
+		},
+		func() error { return e.l.DeleteAddress(addr("10.96.0.20")) },
+	} {
+		if err := edit(); err != nil {
+			t.Fatal(err)
+		}
+		e.sync(p, st, full)
+		if n := p.Repairs(); n != uint64(i+2) {
+			t.Errorf("edit %d: %d repairs, want %d", i, n, i+2)
+		}
+	}
+	if got := e.h.Dump(); got != want {
+		t.Errorf("IPVS not repaired:\n%s\nwant\n%s", got, want)
+	}
+	// A new endpoint (model change) is not a repair.
+	before := p.Repairs()
+	put(st, svc("default/web", "", dataplane.TCP, 80, "10.96.0.10"), ready("10.244.1.5:8080"), ready("10.244.2.7:8080"), ready("10.244.3.3:8080"))
+	e.sync(p, st, changed(webSPN))
+	e.sync(p, st, full)
+	if n := p.Repairs(); n != before {
+		t.Errorf("an endpoint change counted as %d repairs", n-before)
+	}
+	want = e.h.Dump()
 
 	// Even the whole link.
 	if err := e.l.DeleteLink(); err != nil {
@@ -181,6 +220,9 @@ func TestDriftIsRepairedOnFullSync(t *testing.T) {
 	}
 	if got := e.h.Dump(); got != want {
 		t.Errorf("IPVS changed after link repair:\n%s\nwant\n%s", got, want)
+	}
+	if n := p.Repairs(); n != before+1 {
+		t.Errorf("link deleted: %d repairs, want 1", n-before)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"k8s.io/klog/v2"
 
@@ -45,9 +46,24 @@ type Proxier struct {
 	trigger   func()
 	stopTimer func() bool
 	snapshot  map[Key]VirtualServer
+
+	// repairs counts the syncs that repaired drift (see Repairs).
+	repairs atomic.Uint64
 }
 
-var _ dataplane.Dataplane = (*Proxier)(nil)
+var (
+	_ dataplane.Dataplane      = (*Proxier)(nil)
+	_ dataplane.RepairReporter = (*Proxier)(nil)
+)
+
+// Repairs implements dataplane.RepairReporter: the syncs that put back a
+// virtual server, real server or dummy-link address the last sync had
+// left in the kernel and that is still wanted, or reset the configuration
+// or weight of one to the value it had last set (a weight-0 drain
+// included). Deleting real servers (a drain ending), adding new ones and
+// changes the model asks for are not repairs, nor is adopting the kernel's
+// table after a restart.
+func (p *Proxier) Repairs() uint64 { return p.repairs.Load() }
 
 // Option customizes a Proxier.
 type Option func(*Proxier)

@@ -45,6 +45,12 @@ type syncRun struct {
 	// after is what owned keys in scope look like after the sync.
 	after map[Key]VirtualServer
 	errs  []error
+	// prev is the snapshot the last sync left: what this process last
+	// applied (empty after a restart, so adopting is never a repair).
+	// repaired: this sync rewrote something prev had and the kernel had
+	// lost or changed behind the agent's back (see Proxier.Repairs).
+	prev     map[Key]VirtualServer
+	repaired bool
 }
 
 // Sync implements dataplane.Dataplane. A full sync computes the whole
@@ -95,11 +101,15 @@ func (p *Proxier) sync(ctx context.Context, st *dataplane.State, changes datapla
 	if err != nil {
 		return fmt.Errorf("list dummy link addresses: %w", err)
 	}
+	p.mu.Lock()
+	prev := p.snapshot // replaced or edited only by setSnapshot, below
+	p.mu.Unlock()
 	r := &syncRun{
 		full: full,
 		own:  ownership{host: addrSet(hostList)},
 		skip: map[Key]bool{},
 		next: p.persist,
+		prev: prev,
 	}
 	r.own.hostVS = r.next.HostVS
 	if full {
@@ -162,6 +172,10 @@ func (p *Proxier) sync(ctx context.Context, st *dataplane.State, changes datapla
 	}
 	p.persist = r.next
 	p.setSnapshot(full, r.scope, r.after)
+	if r.repaired {
+		p.repairs.Add(1)
+		klog.InfoS("Repaired IPVS drift: virtual servers, real servers or addresses differed from what this agent had programmed", "full", full)
+	}
 	return errors.Join(r.errs...)
 }
 
@@ -177,6 +191,9 @@ func (p *Proxier) bindAddresses(r *syncRun) map[netip.Addr]bool {
 		switch {
 		case err == nil || IsExists(err):
 			r.own.link[a] = true
+			if err == nil && r.hadAddress(a) {
+				r.repaired = true
+			}
 		case errors.Is(err, ErrFamilyUnsupported):
 			// A dual-stack Service on a node without IPv6: its IPv6 half
 			// cannot work here; skip it quietly after the first time.
@@ -333,6 +350,31 @@ func (p *Proxier) finishState(r *syncRun) {
 			r.deleteDrain(dk)
 		}
 	}
+}
+
+// hadAddress reports whether the last sync left a on the dummy link (a
+// virtual server it owned through the link is on a).
+func (r *syncRun) hadAddress(a netip.Addr) bool {
+	for k := range r.prev {
+		if k.IP == a && r.own.dependsOnLink(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// hadRealServer returns the real server addr of k as the last sync left
+// it.
+func (r *syncRun) hadRealServer(k Key, addr netip.AddrPort) (RealServer, bool) {
+	vs, ok := r.prev[k]
+	if !ok {
+		return RealServer{}, false
+	}
+	i, found := slices.BinarySearchFunc(vs.RealServers, addr, func(rs RealServer, a netip.AddrPort) int { return rs.Addr.Compare(a) })
+	if !found {
+		return RealServer{}, false
+	}
+	return vs.RealServers[i], true
 }
 
 // edit returns r.next, copied from p.persist first if it is still shared,

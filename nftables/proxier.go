@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -28,6 +29,8 @@ type Proxier struct {
 	tables []*familyTable
 	// last counts the writes of the last successful sync.
 	last syncStats
+	// repairs counts the syncs that repaired drift (see Repairs).
+	repairs atomic.Uint64
 }
 
 // familyTable is the sync state of one family's table.
@@ -39,7 +42,16 @@ type familyTable struct {
 	applied *tableState
 }
 
-var _ dataplane.Dataplane = (*Proxier)(nil)
+var (
+	_ dataplane.Dataplane      = (*Proxier)(nil)
+	_ dataplane.RepairReporter = (*Proxier)(nil)
+)
+
+// Repairs implements dataplane.RepairReporter: the successful syncs that
+// found a table this process had programmed gone, or that wrote anything
+// in a full sync with no Service changed since the last one (a periodic
+// resync finding the kernel edited behind the agent's back).
+func (p *Proxier) Repairs() uint64 { return p.repairs.Load() }
 
 // NewProxier returns a Proxier programming through conn (NewConn gives one
 // for any network namespace). sysctl may be nil unless
@@ -121,7 +133,13 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 	}
 	fulls := make([]bool, len(p.tables))
 	anyFull := false
+	// drift[i]: writing anything to family i's table repairs drift. The
+	// state this process applied is known (not the first sync, nor one
+	// after a failure) and nothing in the model changed, or the table
+	// was deleted.
+	drift := make([]bool, len(p.tables))
 	for i, ft := range p.tables {
+		drift[i] = ft.applied != nil && len(changes.Services) == 0
 		full := changes.Full || ft.applied == nil
 		if !full {
 			// Whatever deletes a whole table (`nft flush ruleset` by a
@@ -134,6 +152,7 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 			if !exists {
 				logger.Info("nftables table is gone; syncing it in full", "table", tableName, "family", ft.fam.name)
 				full = true
+				drift[i] = true
 			}
 		}
 		fulls[i] = full
@@ -165,8 +184,14 @@ func (p *Proxier) Sync(ctx context.Context, st *dataplane.State, changes datapla
 		}
 		return fail(fmt.Errorf("%s: %w", what, err))
 	}
+	repaired := false
 	for i, ft := range p.tables {
 		ft.applied = wants[i]
+		repaired = repaired || fulls[i] && drift[i] && !batches[i].empty()
+	}
+	if repaired {
+		p.repairs.Add(1)
+		logger.Info("Repaired nftables drift: the table differed from what this agent had programmed", "messages", stats.Messages)
 	}
 	p.last = stats
 	logger.V(2).Info("Synced nftables", "full", anyFull, "took", time.Since(start), "messages", stats.Messages,

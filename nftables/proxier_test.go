@@ -149,6 +149,10 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 		endpoints: []string{"10.244.1.9:81"}}
 	st := newState(withNodePort(web(), 30080), other)
 	mustSync(t, p, st, full)
+	mustSync(t, p, st, full) // periodic, nothing to do
+	if n := p.Repairs(); n != 0 {
+		t.Fatalf("repairs after the first and an idle full sync: %d, want 0", n)
+	}
 	want := k.dump(t)
 	table := ipv4.tableRef()
 	webChain := servicePortChain(web().portName())
@@ -195,6 +199,36 @@ func TestFullSyncRepairsDrift(t *testing.T) {
 		}
 		msgs, _ := k.cnt.take()
 		t.Logf("edit %d repaired with %d messages", i, msgs)
+		if n := p.Repairs(); n != uint64(i+1) {
+			t.Errorf("edit %d: %d repairs counted, want %d", i, n, i+1)
+		}
+	}
+
+	// A model change is programming, not a repair, in a partial sync or
+	// in a full one that carries it.
+	before := p.Repairs()
+	o2 := other
+	o2.endpoints = []string{"10.244.1.10:81"}
+	putService(st, o2)
+	mustSync(t, p, st, changed(o2.portName().ServiceName))
+	o2.endpoints = []string{"10.244.1.11:81"}
+	putService(st, o2)
+	ch := changed(o2.portName().ServiceName)
+	ch.Full = true
+	mustSync(t, p, st, ch)
+	if n := p.Repairs(); n != before {
+		t.Errorf("endpoint changes counted as %d repairs", n-before)
+	}
+	// The table deleted: found by the next sync, even a partial one.
+	c.DelTable(table)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	o2.endpoints = []string{"10.244.1.12:81"}
+	putService(st, o2)
+	mustSync(t, p, st, changed(o2.portName().ServiceName))
+	if n := p.Repairs(); n != before+1 {
+		t.Errorf("table deleted: %d repairs counted, want 1", n-before)
 	}
 }
 

@@ -107,6 +107,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	} else {
 		defer stopAPI()
 	}
+	m.AddRepairSources(repairSources(dp)...)
 	if p, ok := findPart[*ipvs.Proxier](dp); ok {
 		m.AddBackendSource(func() []metrics.BackendConns { return ipvsBackendConns(p.Snapshot()) }, cfg.metricsPerBackend, cfg.metricsBackendCap)
 	}

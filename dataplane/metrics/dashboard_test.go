@@ -34,6 +34,7 @@ func TestGrafanaDashboardUsesOurMetrics(t *testing.T) {
 	m.syncErrors.WithLabelValues("x")
 	m.objectProblems.WithLabelValues("Service", "r", "rejected")
 	m.AddBackendSource(func() []BackendConns { return []BackendConns{{Service: "s", Frontend: "f", Backend: "b"}} }, true, 0)
+	m.AddRepairSources(RepairSource{Dataplane: "x", Repairs: func() uint64 { return 0 }})
 	mfs, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

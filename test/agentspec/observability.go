@@ -53,6 +53,35 @@ func metricValue(body, series string) (float64, bool) {
 	return v, err == nil
 }
 
+// metricSum returns the sum of every sample of /metrics text matching the
+// series regexp, and how many matched.
+func metricSum(body, series string) (float64, int) {
+	rx := regexp.MustCompile(`(?m)^` + series + ` (\S+)$`)
+	sum, n := 0.0, 0
+	for _, m := range rx.FindAllStringSubmatch(body, -1) {
+		if v, err := strconv.ParseFloat(m[1], 64); err == nil {
+			sum += v
+			n++
+		}
+	}
+	return sum, n
+}
+
+// driftRepairs is switchyard_drift_repairs_total summed over the
+// dataplane parts, read from the agent's default metrics address in the
+// node's namespace.
+func driftRepairs(env *Env) (float64, error) {
+	code, body, err := httpGet(env.Node, "127.0.0.1:10249", "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	sum, n := metricSum(body, `switchyard_drift_repairs_total\{dataplane="[^"]*"\}`)
+	if code != http.StatusOK || n == 0 {
+		return 0, fmt.Errorf("HTTP %d, %d switchyard_drift_repairs_total series", code, n)
+	}
+	return sum, nil
+}
+
 // Observability: the agent serves /healthz and /livez (kube-proxy's JSON,
 // 200 once synced) and Prometheus metrics on its default addresses in the
 // node's namespace: the sync and change metrics after real syncs, the

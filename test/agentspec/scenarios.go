@@ -1,6 +1,7 @@
 package agentspec
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -474,7 +475,9 @@ func Restart(t *testing.T, env *Env) {
 // RepairsDrift deletes, behind the running agent's back, each kind of
 // object the dataplane has (DriftKinds). Each is restored within a bounded
 // time (--sync-period 2s), the node ends exactly as it was, and traffic
-// flows with the right source addresses.
+// flows with the right source addresses. switchyard_drift_repairs_total
+// stays 0 while the agent only programs the Services and goes up with
+// each repair.
 func RepairsDrift(t *testing.T, env *Env) {
 	topo := env.NewTopology(t, 2)
 	a := env.NewAgent(t)
@@ -485,6 +488,16 @@ func RepairsDrift(t *testing.T, env *Env) {
 	env.DP.WaitProgrammed(t, a, web, np)
 	a.WaitSyncs(a.Current().Syncs())
 	want := env.DP.Snapshot(t)
+	// Programming the Services, and the periodic full syncs since, are
+	// no repairs.
+	a.WaitSyncs(a.Current().Syncs() + 1)
+	repairs, err := driftRepairs(env)
+	if err != nil {
+		t.Fatalf("drift repairs metric: %v", err)
+	}
+	if repairs != 0 {
+		t.Errorf("switchyard_drift_repairs_total = %v before any drift, want 0", repairs)
+	}
 
 	for _, kind := range env.DP.DriftKinds() {
 		env.DP.DeleteSomething(t, kind, web, np) // fails the test if there was nothing to delete
@@ -495,6 +508,18 @@ func RepairsDrift(t *testing.T, env *Env) {
 			return last == want, "node differs"
 		})
 		t.Logf("%s: repaired after %v", kind, time.Since(start).Round(100*time.Millisecond))
+		// The counter goes up in the sync that repaired, after its writes.
+		a.Eventually(kind+" counted in switchyard_drift_repairs_total", Deadline, func() (bool, string) {
+			n, err := driftRepairs(env)
+			if err != nil {
+				return false, err.Error()
+			}
+			if n > repairs {
+				repairs = n
+				return true, ""
+			}
+			return false, fmt.Sprintf("still %v", n)
+		})
 		rs := RequestAll(t, topo.Client, "tcp", web.Addr(), 2)
 		ExpectSources(t, "after repairing "+kind, topo, rs, Masqueraded)
 		rs = RequestAll(t, topo.Client, "tcp", np.NodePortAddr(), 2)

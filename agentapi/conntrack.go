@@ -20,9 +20,10 @@ type Flow struct {
 	TCPState string
 }
 
-// established reports whether the flow counts as an established
-// connection: TCP in ESTABLISHED, any UDP or SCTP flow.
-func (f Flow) established() bool {
+// Established reports whether the flow counts as an established
+// connection: TCP in ESTABLISHED, any UDP or SCTP flow (yardctl's and the
+// metrics' "active"; other TCP states are "inactive").
+func (f Flow) Established() bool {
 	return f.Protocol != dataplane.TCP || f.TCPState == "ESTABLISHED"
 }
 
@@ -42,7 +43,7 @@ type flowCounts struct {
 }
 
 func (c *flowCounts) add(f Flow) {
-	if f.established() {
+	if f.Established() {
 		c.established++
 	} else {
 		c.other++
@@ -56,8 +57,9 @@ type portFlows struct {
 	frontends map[string]bool
 }
 
-// frontendIndex finds the Service port of a flow's original destination.
-type frontendIndex struct {
+// FlowIndex finds the Service port of a flow's original destination, as
+// yardctl conntrack and the agent's conntrack metrics attribute flows.
+type FlowIndex struct {
 	vips      map[frontendKey]dataplane.ServicePortName
 	nodePorts map[frontendKey]dataplane.ServicePortName // address unset
 }
@@ -68,10 +70,11 @@ type frontendKey struct {
 	proto dataplane.Protocol
 }
 
-// newFrontendIndex indexes the frontends of st's Service ports. When two
+// NewFlowIndex indexes the frontends of st's Service ports. When two
 // ports claim one frontend, the first by name wins, as in both dataplanes.
-func newFrontendIndex(st *dataplane.State) *frontendIndex {
-	idx := &frontendIndex{vips: map[frontendKey]dataplane.ServicePortName{}, nodePorts: map[frontendKey]dataplane.ServicePortName{}}
+// The index keeps no reference to st.
+func NewFlowIndex(st *dataplane.State) *FlowIndex {
+	idx := &FlowIndex{vips: map[frontendKey]dataplane.ServicePortName{}, nodePorts: map[frontendKey]dataplane.ServicePortName{}}
 	for _, name := range st.SortedServicePorts() {
 		sp := st.Services[name]
 		for _, fe := range sp.Frontends() {
@@ -90,11 +93,14 @@ func newFrontendIndex(st *dataplane.State) *frontendIndex {
 	return idx
 }
 
-// lookup returns the Service port a DNATed flow belongs to: its original
+// Lookup returns the Service port a DNATed flow belongs to: its original
 // destination is a service IP and port, or a NodePort (on any address:
 // NodePorts are open on the node's addresses, which the model may not
-// list).
-func (idx *frontendIndex) lookup(f Flow) (dataplane.ServicePortName, bool) {
+// list). A flow not DNATed belongs to none. Its backend is Reply.Src.
+func (idx *FlowIndex) Lookup(f Flow) (dataplane.ServicePortName, bool) {
+	if !f.dnated() {
+		return dataplane.ServicePortName{}, false
+	}
 	k := frontendKey{f.Orig.Dst.Addr().Unmap(), f.Orig.Dst.Port(), f.Protocol}
 	if n, ok := idx.vips[k]; ok {
 		return n, true
@@ -106,13 +112,10 @@ func (idx *frontendIndex) lookup(f Flow) (dataplane.ServicePortName, bool) {
 
 // countFlows attributes DNATed flows to the Service ports of st.
 func countFlows(st *dataplane.State, flows []Flow) map[dataplane.ServicePortName]*portFlows {
-	idx := newFrontendIndex(st)
+	idx := NewFlowIndex(st)
 	out := map[dataplane.ServicePortName]*portFlows{}
 	for _, f := range flows {
-		if !f.dnated() {
-			continue
-		}
-		name, ok := idx.lookup(f)
+		name, ok := idx.Lookup(f)
 		if !ok {
 			continue
 		}
@@ -121,7 +124,7 @@ func countFlows(st *dataplane.State, flows []Flow) map[dataplane.ServicePortName
 			pf = &portFlows{backends: map[netip.AddrPort]*flowCounts{}, frontends: map[string]bool{}}
 			out[name] = pf
 		}
-		pf.frontends[frontendString(f)] = true
+		pf.frontends[f.Frontend()] = true
 		c := pf.backends[f.Reply.Src]
 		if c == nil {
 			c = &flowCounts{}
@@ -132,7 +135,8 @@ func countFlows(st *dataplane.State, flows []Flow) map[dataplane.ServicePortName
 	return out
 }
 
-func frontendString(f Flow) string { return f.Orig.Dst.String() + "/" + string(f.Protocol) }
+// Frontend is the flow's original destination as "ip:port/PROTO".
+func (f Flow) Frontend() string { return f.Orig.Dst.String() + "/" + string(f.Protocol) }
 
 // ConntrackFrom builds the report for the Service ports in names (all of
 // st's when nil), listing every endpoint of each port, with or without
@@ -163,7 +167,7 @@ func KernelConntrack(flows []Flow) *ConntrackReport {
 		if !f.dnated() {
 			continue
 		}
-		fe := frontendString(f)
+		fe := f.Frontend()
 		pf := groups[fe]
 		if pf == nil {
 			pf = &portFlows{backends: map[netip.AddrPort]*flowCounts{}, frontends: map[string]bool{fe: true}}

@@ -65,6 +65,12 @@ type config struct {
 	// metricsBackendCap backends.
 	metricsPerBackend bool
 	metricsBackendCap int
+	// metricsRefreshInterval is how often the background refresher reads
+	// the dataplane's counters (IPVS table) and conntrack for the metrics.
+	metricsRefreshInterval time.Duration
+	// metricsConntrack lists conntrack in the background refresher
+	// (switchyard_conntrack_entries, nftables backend connections).
+	metricsConntrack bool
 	// apiSocket serves yardctl's API ("" disables).
 	apiSocket string
 
@@ -114,6 +120,8 @@ func parseFlags(args []string) (*config, error) {
 	fs.StringVar(&c.metricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "IP:port serving Prometheus metrics at /metrics; empty disables")
 	fs.BoolVar(&c.metricsPerBackend, "metrics-per-backend", true, "expose per-backend connection metrics (up to --metrics-backend-cap backends; beyond, per-Service sums only)")
 	fs.IntVar(&c.metricsBackendCap, "metrics-backend-cap", 20000, "most backends exposed one by one when --metrics-per-backend is set")
+	fs.DurationVar(&c.metricsRefreshInterval, "metrics-refresh-interval", 15*time.Second, "how often dataplane counters (IPVS bytes and packets) and conntrack are read in the background for /metrics; scrapes read the cached values")
+	fs.BoolVar(&c.metricsConntrack, "metrics-conntrack", true, "list conntrack every --metrics-refresh-interval for switchyard_conntrack_entries and the nftables dataplane's backend connections (costly on busy nodes)")
 	fs.StringVar(&c.apiSocket, "api-socket", "/run/switchyard/switchyard.sock", "unix socket serving yardctl's read-mostly API (mode 0600, root only; no TCP listener); empty disables")
 	fs.StringVar(&c.configFile, "config", "", "configuration file: a kube-proxy KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and/or a SwitchyardConfiguration (switchyard.io/v1alpha1); flags given on the command line override it")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
@@ -148,6 +156,9 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if c.conntrackMaxPerCore < 0 || c.conntrackMin < 0 {
 		return nil, fmt.Errorf("--conntrack-max-per-core and --conntrack-min must not be negative")
+	}
+	if c.metricsRefreshInterval < time.Second {
+		return nil, fmt.Errorf("--metrics-refresh-interval must be at least 1s")
 	}
 	if c.minSyncPeriod < 0 || c.syncPeriod <= 0 {
 		return nil, fmt.Errorf("--min-sync-period must be >= 0 and --sync-period > 0")

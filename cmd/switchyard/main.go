@@ -108,8 +108,28 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 		defer stopAPI()
 	}
 	m.AddRepairSources(repairSources(dp)...)
-	if p, ok := findPart[*ipvs.Proxier](dp); ok {
+	// What is costly to read (whole kernel tables) is read by a background
+	// refresher into caches; scrapes read the caches.
+	var (
+		refresh []metrics.RefreshFunc
+		closers []func() // after the refresher stopped
+	)
+	p, isIPVS := findPart[*ipvs.Proxier](dp)
+	if isIPVS {
 		m.AddBackendSource(func() []metrics.BackendConns { return ipvsBackendConns(p.Snapshot()) }, cfg.metricsPerBackend, cfg.metricsBackendCap)
+		traffic := &metrics.TrafficCache{}
+		m.AddTrafficSource(traffic.Load, cfg.metricsPerBackend, cfg.metricsBackendCap)
+		refresh = append(refresh, ipvsTrafficReader(p, traffic))
+	}
+	if cfg.metricsConntrack && cfg.metricsBindAddress != "" {
+		// IPVS counts connections itself; for nftables conntrack is the
+		// only source.
+		read, closeFlows, err := addConntrackMetrics(m, cfg, syncer.View, !isIPVS)
+		if err != nil {
+			klog.ErrorS(err, "No conntrack metrics")
+		} else {
+			refresh, closers = append(refresh, read), append(closers, closeFlows)
+		}
 	}
 	if cfg.metricsBindAddress != "" {
 		addr, err := metrics.Serve(ctx, cfg.metricsBindAddress, m)
@@ -117,6 +137,12 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 			return err
 		}
 		klog.InfoS("Serving metrics", "address", addr.String(), "path", "/metrics")
+		go func() {
+			metrics.NewRefresher(cfg.metricsRefreshInterval, nil, refresh...).Run(ctx)
+			for _, c := range closers {
+				c()
+			}
+		}()
 	}
 	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
 

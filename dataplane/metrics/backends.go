@@ -23,7 +23,7 @@ const DefaultBackendSeriesCap = 20000
 
 var (
 	backendConnsDesc = prometheus.NewDesc("switchyard_backend_connections",
-		"Connections to a backend through a Service frontend, as the dataplane last read them (IPVS counters), by state (active: established TCP; inactive: other TCP states and UDP flows)",
+		"Connections to a backend through a Service frontend, as the dataplane last read them (IPVS counters; conntrack entries without IPVS), by state (active: established TCP, and UDP and SCTP entries from conntrack; inactive: other TCP states, and UDP flows in IPVS)",
 		[]string{"service", "frontend", "backend", "state"}, nil)
 	serviceConnsDesc = prometheus.NewDesc("switchyard_service_connections",
 		"Connections through a Service frontend, summed over its backends, by state",

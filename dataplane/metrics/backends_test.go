@@ -15,7 +15,7 @@ func TestBackendConnections(t *testing.T) {
 	m := New(nil)
 	m.AddBackendSource(func() []BackendConns { return conns }, true, 10)
 	want := `
-# HELP switchyard_backend_connections Connections to a backend through a Service frontend, as the dataplane last read them (IPVS counters), by state (active: established TCP; inactive: other TCP states and UDP flows)
+# HELP switchyard_backend_connections Connections to a backend through a Service frontend, as the dataplane last read them (IPVS counters; conntrack entries without IPVS), by state (active: established TCP, and UDP and SCTP entries from conntrack; inactive: other TCP states, and UDP flows in IPVS)
 # TYPE switchyard_backend_connections gauge
 switchyard_backend_connections{backend="10.244.1.2:8080",frontend="10.96.0.10:80/TCP",service="demo/web:http/TCP",state="active"} 3
 switchyard_backend_connections{backend="10.244.1.2:8080",frontend="10.96.0.10:80/TCP",service="demo/web:http/TCP",state="inactive"} 1

@@ -34,6 +34,12 @@ func TestGrafanaDashboardUsesOurMetrics(t *testing.T) {
 	m.syncErrors.WithLabelValues("x")
 	m.objectProblems.WithLabelValues("Service", "r", "rejected")
 	m.AddBackendSource(func() []BackendConns { return []BackendConns{{Service: "s", Frontend: "f", Backend: "b"}} }, true, 0)
+	traffic := &TrafficCache{}
+	traffic.Store([]Traffic{{Service: "s", Frontend: "f"}, {Service: "s", Frontend: "f", Backend: "b"}})
+	m.AddTrafficSource(traffic.Load, true, 0)
+	ct := &Cache[[]ConntrackEntries]{}
+	ct.Store([]ConntrackEntries{{Service: "s", Frontend: "f", Backend: "b", State: "ESTABLISHED", Count: 1}})
+	m.AddConntrackSource(ct.Load, true, 0)
 	m.AddRepairSources(RepairSource{Dataplane: "x", Repairs: func() uint64 { return 0 }})
 	mfs, err := m.Registry.Gather()
 	if err != nil {

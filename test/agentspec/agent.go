@@ -145,6 +145,7 @@ func (a *Agent) Start() *Run {
 		"--cluster-cidr", ClusterCIDR,
 		"--min-sync-period", "100ms",
 		"--sync-period", "2s",
+		"--metrics-refresh-interval", "1s",
 	)
 	r := &Run{N: len(a.runs) + 1, log: &logBuffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(a.env.AgentPath, args...)

@@ -20,6 +20,10 @@ import (
 // (switchyard_backend_connections) come from the dataplane's counters.
 const FeatureConnectionMetrics Feature = "connection-metrics"
 
+// FeatureTrafficMetrics: per-backend and per-frontend bytes and packets
+// (switchyard_backend_bytes_total, ...) come from the dataplane's counters.
+const FeatureTrafficMetrics Feature = "traffic-metrics"
+
 // httpGet fetches http://addr/path from ns (nil = this process's
 // namespace), bounded by 5 s.
 func httpGet(ns *netnstest.NS, addr, path string) (int, string, error) {
@@ -85,8 +89,9 @@ func driftRepairs(env *Env) (float64, error) {
 // Observability: the agent serves /healthz and /livez (kube-proxy's JSON,
 // 200 once synced) and Prometheus metrics on its default addresses in the
 // node's namespace: the sync and change metrics after real syncs, the
-// dataplane in use, and, where the dataplane counts connections, an open
-// connection on the backend it reached.
+// dataplane in use, an open connection on the backend it reached (backend
+// connections and conntrack entries), and, where the dataplane counts
+// traffic, the connection's bytes and packets.
 func Observability(t *testing.T, env *Env) {
 	topo := env.NewTopology(t, 2)
 	a := env.NewAgent(t)
@@ -130,22 +135,59 @@ func Observability(t *testing.T, env *Env) {
 		}
 	}
 
-	if !env.DP.Supports(FeatureConnectionMetrics) {
-		return
-	}
-	// An open connection shows on its backend once a full resync (every
-	// 2 s here, slower in the VM) read the kernel; the change nudges the
-	// loop along.
+	// An open connection shows on its backend: with IPVS once a full
+	// resync (every 2 s here, slower in the VM) read the kernel, the change
+	// nudging the loop along; on every dataplane in conntrack, listed by
+	// the metrics refresher (every 1 s here). Without IPVS counters
+	// (FeatureConnectionMetrics), the backend connections come from that
+	// listing too.
 	backend := HoldConnection(t, topo, topo.Client, web.Addr())
 	a.WriteService(web, Service{Name: "nudge", ClusterIP: ip("10.96.0.61"), Port: 80, Backends: topo.Backends[:1]})
-	series := fmt.Sprintf(`switchyard_backend_connections\{backend="%s",frontend="%s",service="[^"]*",state="active"\}`,
-		regexp.QuoteMeta(netip.AddrPortFrom(backend.Addr, TargetPort).String()), regexp.QuoteMeta(web.Addr()+"/TCP"))
-	a.Eventually("the open connection in the backend metrics", Deadline, func() (bool, string) {
+	be := regexp.QuoteMeta(netip.AddrPortFrom(backend.Addr, TargetPort).String())
+	fe := regexp.QuoteMeta(web.Addr() + "/TCP")
+	ns := regexp.QuoteMeta(Namespace)
+	held := []string{
+		fmt.Sprintf(`switchyard_backend_connections\{backend="%s",frontend="%s",service="[^"]*",state="active"\}`, be, fe),
+		fmt.Sprintf(`switchyard_backend_conntrack_entries\{backend="%s",frontend="%s",service="%s/web[^"]*",state="ESTABLISHED"\}`, be, fe, ns),
+		fmt.Sprintf(`switchyard_conntrack_entries\{service="%s/web[^"]*",state="ESTABLISHED"\}`, ns),
+	}
+	a.Eventually("the open connection in the backend and conntrack metrics", Deadline, func() (bool, string) {
 		_, b, err := httpGet(env.Node, "127.0.0.1:10249", "/metrics")
 		if err != nil {
 			return false, err.Error()
 		}
-		v, ok := metricValue(b, series)
-		return ok && v == 1, fmt.Sprintf("%s = %v (present %v)", series, v, ok)
+		for _, s := range held {
+			if v, ok := metricValue(b, s); !ok || v != 1 {
+				return false, fmt.Sprintf("%s = %v (present %v), want 1", s, v, ok)
+			}
+		}
+		return true, ""
+	})
+
+	if !env.DP.Supports(FeatureTrafficMetrics) {
+		return
+	}
+	// The held connection's request and reply, in the counters of its
+	// backend and of the frontend, once the refresher (every 1 s here)
+	// read them; the kernel updates byte and packet counters every ~2 s.
+	var traffic []string
+	for _, dir := range []string{"in", "out"} {
+		traffic = append(traffic,
+			fmt.Sprintf(`switchyard_backend_bytes_total\{backend="%s",direction="%s",frontend="%s",service="%s/web[^"]*"\}`, be, dir, fe, ns),
+			fmt.Sprintf(`switchyard_backend_packets_total\{backend="%s",direction="%s",frontend="%s",service="%s/web[^"]*"\}`, be, dir, fe, ns),
+			fmt.Sprintf(`switchyard_service_bytes_total\{direction="%s",frontend="%s",service="%s/web[^"]*"\}`, dir, fe, ns),
+			fmt.Sprintf(`switchyard_service_packets_total\{direction="%s",frontend="%s",service="%s/web[^"]*"\}`, dir, fe, ns))
+	}
+	a.Eventually("the held connection's traffic in the byte and packet counters", Deadline, func() (bool, string) {
+		_, b, err := httpGet(env.Node, "127.0.0.1:10249", "/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, s := range traffic {
+			if v, ok := metricValue(b, s); !ok || v <= 0 {
+				return false, fmt.Sprintf("%s = %v (present %v)", s, v, ok)
+			}
+		}
+		return true, ""
 	})
 }

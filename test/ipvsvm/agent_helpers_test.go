@@ -74,7 +74,7 @@ func (*ipvsDataplane) Args() []string       { return nil }
 func (*ipvsDataplane) Supports(f agentspec.Feature) bool {
 	switch f {
 	case agentspec.FeatureRoundRobin, agentspec.FeatureIPVSScheduler, agentspec.FeatureGracefulDrain,
-		agentspec.FeatureConnectionMetrics:
+		agentspec.FeatureConnectionMetrics, agentspec.FeatureTrafficMetrics:
 		return true
 	}
 	return false

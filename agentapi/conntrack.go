@@ -14,10 +14,9 @@ import (
 // Flow is one conntrack entry with what yardctl counts: its tuples and, for
 // TCP, its state.
 type Flow struct {
+	// conntrack.Flow carries the TCP state ("ESTABLISHED", ...; "" for
+	// other protocols).
 	conntrack.Flow
-	// TCPState is the conntrack TCP state ("ESTABLISHED", "TIME_WAIT",
-	// ...); "" for other protocols.
-	TCPState string
 }
 
 // Established reports whether the flow counts as an established

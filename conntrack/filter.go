@@ -51,6 +51,9 @@ type Flow struct {
 	Protocol dataplane.Protocol
 	Orig     Tuple // as sent by the client
 	Reply    Tuple // as expected back; Reply.Src is the DNAT destination
+	// TCPState is conntrack's TCP state ("ESTABLISHED", "TIME_WAIT", ...);
+	// "" for other protocols.
+	TCPState string
 }
 
 // Tuple is one direction of a Flow.

@@ -99,11 +99,15 @@ func (n *Netlink) ListFlows() ([]Flow, error) {
 			return nil, fmt.Errorf("conntrack: list %s flows: %w", familyName(fam), err)
 		}
 		for _, f := range flows {
-			out = append(out, Flow{
+			fl := Flow{
 				Protocol: protoName(f.Forward.Protocol),
 				Orig:     tuple(f.Forward),
 				Reply:    tuple(f.Reverse),
-			})
+			}
+			if tcp, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP); ok {
+				fl.TCPState = tcpStateName(tcp.State)
+			}
+			out = append(out, fl)
 		}
 	}
 	return out, nil
@@ -142,4 +146,13 @@ func familyName(fam uint8) string {
 		return "IPv6"
 	}
 	return "IPv4"
+}
+
+// tcpStateName names enum tcp_conntrack (linux/netfilter/nf_conntrack_tcp.h).
+func tcpStateName(s uint8) string {
+	names := []string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"}
+	if int(s) < len(names) {
+		return names[s]
+	}
+	return fmt.Sprintf("state-%d", s)
 }

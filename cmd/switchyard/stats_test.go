@@ -46,7 +46,7 @@ func TestConntrackMetrics(t *testing.T) {
 	st.Services[dns] = &dataplane.ServicePort{Name: dns, Port: 53, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.53")}}
 	flow := func(proto dataplane.Protocol, state, client, dst, backend string) agentapi.Flow {
 		c, d, b := netip.MustParseAddrPort(client), netip.MustParseAddrPort(dst), netip.MustParseAddrPort(backend)
-		return agentapi.Flow{Flow: conntrack.Flow{Protocol: proto, Orig: conntrack.Tuple{Src: c, Dst: d}, Reply: conntrack.Tuple{Src: b, Dst: c}}, TCPState: state}
+		return agentapi.Flow{Flow: conntrack.Flow{Protocol: proto, Orig: conntrack.Tuple{Src: c, Dst: d}, Reply: conntrack.Tuple{Src: b, Dst: c}, TCPState: state}}
 	}
 	flows := []agentapi.Flow{
 		flow(dataplane.TCP, "ESTABLISHED", "10.0.0.1:40000", "10.96.0.10:80", "10.244.1.2:8080"),

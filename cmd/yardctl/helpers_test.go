@@ -107,7 +107,7 @@ func testState() *dataplane.State {
 func flow(proto dataplane.Protocol, client, frontend, backend, state string) agentapi.Flow {
 	return agentapi.Flow{Flow: conntrack.Flow{Protocol: proto,
 		Orig:  conntrack.Tuple{Src: ap(client), Dst: ap(frontend)},
-		Reply: conntrack.Tuple{Src: ap(backend), Dst: ap(client)}}, TCPState: state}
+		Reply: conntrack.Tuple{Src: ap(backend), Dst: ap(client)}, TCPState: state}}
 }
 
 // testFlows: web 3+1 on 10.244.1.2, 1 on 10.244.2.3 through the NodePort,

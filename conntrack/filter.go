@@ -172,26 +172,16 @@ func CompareFilters(a, b Filter) int {
 	)
 }
 
+// protoNumber is 0 for a protocol the model does not have (Validate
+// refuses such filters).
 func protoNumber(p dataplane.Protocol) uint8 {
-	switch p {
-	case dataplane.TCP:
-		return unix.IPPROTO_TCP
-	case dataplane.UDP:
-		return unix.IPPROTO_UDP
-	case dataplane.SCTP:
-		return unix.IPPROTO_SCTP
-	}
-	return 0
+	n, _ := p.Number()
+	return n
 }
 
 func protoName(n uint8) dataplane.Protocol {
-	switch n {
-	case unix.IPPROTO_TCP:
-		return dataplane.TCP
-	case unix.IPPROTO_UDP:
-		return dataplane.UDP
-	case unix.IPPROTO_SCTP:
-		return dataplane.SCTP
+	if p, ok := dataplane.ProtocolFromNumber(n); ok {
+		return p
 	}
 	return dataplane.Protocol(fmt.Sprintf("proto-%d", n))
 }

@@ -22,6 +22,40 @@ const (
 	SCTP Protocol = "SCTP"
 )
 
+// IP protocol numbers (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP).
+const (
+	IPProtoTCP  = 6
+	IPProtoUDP  = 17
+	IPProtoSCTP = 132
+)
+
+// Number is p's IP protocol number, false for a protocol the model does
+// not have.
+func (p Protocol) Number() (uint8, bool) {
+	switch p {
+	case TCP:
+		return IPProtoTCP, true
+	case UDP:
+		return IPProtoUDP, true
+	case SCTP:
+		return IPProtoSCTP, true
+	}
+	return 0, false
+}
+
+// ProtocolFromNumber is Number's inverse.
+func ProtocolFromNumber(n uint8) (Protocol, bool) {
+	switch n {
+	case IPProtoTCP:
+		return TCP, true
+	case IPProtoUDP:
+		return UDP, true
+	case IPProtoSCTP:
+		return SCTP, true
+	}
+	return "", false
+}
+
 // ServiceName identifies a Service.
 type ServiceName struct {
 	Namespace string

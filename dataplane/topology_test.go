@@ -127,3 +127,23 @@ func TestCategorizeEndpoints(t *testing.T) {
 		})
 	}
 }
+
+func TestProtocolNumbers(t *testing.T) {
+	for _, tc := range []struct {
+		p Protocol
+		n uint8
+	}{{TCP, 6}, {UDP, 17}, {SCTP, 132}} {
+		if n, ok := tc.p.Number(); !ok || n != tc.n {
+			t.Errorf("%s.Number() = %d, %v; want %d", tc.p, n, ok, tc.n)
+		}
+		if p, ok := ProtocolFromNumber(tc.n); !ok || p != tc.p {
+			t.Errorf("ProtocolFromNumber(%d) = %q, %v; want %s", tc.n, p, ok, tc.p)
+		}
+	}
+	if _, ok := Protocol("ICMP").Number(); ok {
+		t.Error("ICMP has a number in the model")
+	}
+	if p, ok := ProtocolFromNumber(1); ok {
+		t.Errorf("ProtocolFromNumber(1) = %q", p)
+	}
+}

@@ -281,30 +281,6 @@ func decodeProto(b string) dataplane.Protocol {
 	return protoName(b[0])
 }
 
-func protoNumber(p dataplane.Protocol) uint8 {
-	switch p {
-	case dataplane.TCP:
-		return unix.IPPROTO_TCP
-	case dataplane.UDP:
-		return unix.IPPROTO_UDP
-	case dataplane.SCTP:
-		return unix.IPPROTO_SCTP
-	}
-	return 0
-}
-
-func protoName(n uint8) dataplane.Protocol {
-	switch n {
-	case unix.IPPROTO_TCP:
-		return dataplane.TCP
-	case unix.IPPROTO_UDP:
-		return dataplane.UDP
-	case unix.IPPROTO_SCTP:
-		return dataplane.SCTP
-	}
-	return ""
-}
-
 // sortedKeys returns a map's keys in order, for deterministic batches.
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
@@ -313,4 +289,15 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+func protoNumber(p dataplane.Protocol) uint8 {
+	n, _ := p.Number()
+	return n
+}
+
+// protoName is "" for a protocol the model does not have.
+func protoName(n uint8) dataplane.Protocol {
+	p, _ := dataplane.ProtocolFromNumber(n)
+	return p
 }

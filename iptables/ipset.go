@@ -110,9 +110,9 @@ type Member struct {
 
 // IP protocol numbers used in set members.
 const (
-	protoTCP  uint8 = 6
-	protoUDP  uint8 = 17
-	protoSCTP uint8 = 132
+	protoTCP  uint8 = dataplane.IPProtoTCP
+	protoUDP  uint8 = dataplane.IPProtoUDP
+	protoSCTP uint8 = dataplane.IPProtoSCTP
 )
 
 // IPPortMember is a hash:ip,port member.
@@ -215,17 +215,7 @@ func protoName(p uint8) string {
 }
 
 // protoNumber maps a Service protocol to its IP protocol number.
-func protoNumber(p dataplane.Protocol) (uint8, bool) {
-	switch p {
-	case dataplane.TCP:
-		return protoTCP, true
-	case dataplane.UDP:
-		return protoUDP, true
-	case dataplane.SCTP:
-		return protoSCTP, true
-	}
-	return 0, false
-}
+func protoNumber(p dataplane.Protocol) (uint8, bool) { return p.Number() }
 
 // validMember reports why m cannot be a member of a set created as spec, or
 // "" if it can. The fake uses it to refuse what the kernel would refuse.

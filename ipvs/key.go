@@ -43,31 +43,24 @@ func ParseKey(s string) (Key, error) {
 		return Key{}, fmt.Errorf("parse virtual server key %q: %w", s, err)
 	}
 	proto := dataplane.Protocol(s[i+1:])
-	if _, ok := protocolNumbers[proto]; !ok {
+	if _, ok := proto.Number(); !ok {
 		return Key{}, fmt.Errorf("parse virtual server key %q: unknown protocol", s)
 	}
 	return Key{IP: ap.Addr(), Protocol: proto, Port: ap.Port()}, nil
 }
 
-// protocolNumbers maps model protocols to IP protocol numbers.
-var protocolNumbers = map[dataplane.Protocol]uint16{
-	dataplane.TCP:  6,
-	dataplane.UDP:  17,
-	dataplane.SCTP: 132,
-}
-
+// protocolNumber is the model's protocol number, widened to IPVS's 16
+// bits.
 func protocolNumber(p dataplane.Protocol) (uint16, bool) {
-	n, ok := protocolNumbers[p]
-	return n, ok
+	n, ok := p.Number()
+	return uint16(n), ok
 }
 
 func protocolFromNumber(n uint16) (dataplane.Protocol, bool) {
-	for p, v := range protocolNumbers {
-		if v == n {
-			return p, true
-		}
+	if n > 255 {
+		return "", false
 	}
-	return "", false
+	return dataplane.ProtocolFromNumber(uint8(n))
 }
 
 // sameFamily reports whether two addresses are both IPv4 or both IPv6.

@@ -122,22 +122,12 @@ func isAnonymousSetName(name string) bool { return strings.HasPrefix(name, "__")
 
 // Protocol numbers as the inet_proto type and meta l4proto know them.
 const (
-	protoTCP  = 6
-	protoUDP  = 17
-	protoSCTP = 132
+	protoTCP  = dataplane.IPProtoTCP
+	protoUDP  = dataplane.IPProtoUDP
+	protoSCTP = dataplane.IPProtoSCTP
 )
 
-func protoNumber(p dataplane.Protocol) (uint8, bool) {
-	switch p {
-	case dataplane.TCP:
-		return protoTCP, true
-	case dataplane.UDP:
-		return protoUDP, true
-	case dataplane.SCTP:
-		return protoSCTP, true
-	}
-	return 0, false
-}
+func protoNumber(p dataplane.Protocol) (uint8, bool) { return p.Number() }
 
 func protoName(p uint8) string {
 	switch p {

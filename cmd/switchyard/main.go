@@ -88,7 +88,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	// sync period.
 	health := healthcheck.NewProxyHealth(2*cfg.syncPeriod, nil)
 	if cfg.healthzBindAddress != "" {
-		addr, err := healthcheck.ServeProxyHealth(ctx, cfg.healthzBindAddress, health)
+		addr, err := serveHTTP(ctx, "healthz", cfg.healthzBindAddress, health.Handler())
 		if err != nil {
 			return err
 		}
@@ -132,7 +132,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 		}
 	}
 	if cfg.metricsBindAddress != "" {
-		addr, err := metrics.Serve(ctx, cfg.metricsBindAddress, m)
+		addr, err := serveHTTP(ctx, "metrics", cfg.metricsBindAddress, m.Handler())
 		if err != nil {
 			return err
 		}

@@ -1,16 +1,12 @@
 package healthcheck
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
 	"github.com/switchyard/switchyard/dataplane"
@@ -138,24 +134,3 @@ func (h *ProxyHealth) write(w http.ResponseWriter, healthy bool, body string) {
 // formatTime prints t as kube-proxy does (time.Time's String), without
 // the monotonic clock reading.
 func formatTime(t time.Time) string { return t.Round(0).String() }
-
-// ServeProxyHealth serves h on addr until ctx ends. It returns once the
-// socket is bound (or failed to), so the caller can report a bad address
-// at start-up; serve errors after that are logged.
-func ServeProxyHealth(ctx context.Context, addr string, h *ProxyHealth) (net.Addr, error) {
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("healthz: listen on %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: h.Handler(), ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.ErrorS(err, "Health server stopped", "address", addr)
-		}
-	}()
-	return ln.Addr(), nil
-}

@@ -1,7 +1,6 @@
 package healthcheck
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -81,24 +80,4 @@ func TestProxyHealthTransitions(t *testing.T) {
 	node.DeletionTimestamp = &now
 	h.SyncNode(node)
 	expect("node being deleted", 503, 200, false)
-}
-
-func TestServeProxyHealth(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addr, err := ServeProxyHealth(ctx, "127.0.0.1:0", NewProxyHealth(time.Minute, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.Get("http://" + addr.String() + "/livez")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Errorf("/livez %d", resp.StatusCode)
-	}
-	if _, err := ServeProxyHealth(ctx, addr.String(), NewProxyHealth(time.Minute, nil)); err == nil {
-		t.Error("second server on the same address started")
-	}
 }

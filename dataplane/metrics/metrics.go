@@ -7,10 +7,8 @@
 package metrics
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -226,26 +224,11 @@ func stageOf(err error) string {
 	return "dataplane"
 }
 
-// Serve serves m's registry at /metrics on addr until ctx ends. It
-// returns once the socket is bound (or failed to).
-func Serve(ctx context.Context, addr string, m *Metrics) (net.Addr, error) {
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
-	}
+// Handler serves m's registry at /metrics.
+func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{ErrorLog: stdlog{}}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		_ = srv.Close()
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.ErrorS(err, "Metrics server stopped", "address", addr)
-		}
-	}()
-	return ln.Addr(), nil
+	return mux
 }
 
 // stdlog routes promhttp's error log to klog.

@@ -1,12 +1,9 @@
 package agentspec
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -48,29 +45,15 @@ func (h Health) String() string {
 // GetHealth asks the health check server at addr (host:port) from ns, one
 // connection, bounded by 5 s.
 func GetHealth(ns *netnstest.NS, addr string) (Health, error) {
-	c := &http.Client{
-		Timeout: 5 * time.Second,
-		Transport: &http.Transport{
-			DisableKeepAlives: true,
-			DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
-				return netnstest.Dial(ns, network, addr, 3*time.Second)
-			},
-		},
-	}
 	var h Health
-	resp, err := c.Get("http://" + addr + "/")
+	status, body, err := httpGet(ns, addr, "/")
 	if err != nil {
 		return h, err
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return h, err
+	if err := json.Unmarshal([]byte(body), &h); err != nil {
+		return h, fmt.Errorf("HTTP %d, body %q: %w", status, body, err)
 	}
-	if err := json.Unmarshal(body, &h); err != nil {
-		return h, fmt.Errorf("HTTP %d, body %q: %w", resp.StatusCode, body, err)
-	}
-	h.Status = resp.StatusCode
+	h.Status = status
 	return h, nil
 }
 

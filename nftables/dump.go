@@ -69,22 +69,7 @@ func dumpFamily(b *strings.Builder, conn Conn, f *family) error {
 		b.WriteString("}\n")
 	}
 
-	anon := func(name string) (string, bool) {
-		s := kt.sets[name]
-		if s == nil {
-			return "", false
-		}
-		elems, err := conn.GetSetElements(s)
-		if err != nil {
-			return "", false
-		}
-		parts := make([]string, len(elems))
-		for i, e := range elems {
-			parts[i] = renderElement(e, s.KeyType, s.DataType, s.IsMap)
-		}
-		slices.SortFunc(parts, naturalCompare)
-		return "{ " + strings.Join(parts, ", ") + " }", true
-	}
+	anon := anonymousSetText(conn, kt)
 	keyLen := setKeyLen(f)
 	for _, name := range slices.Sorted(maps.Keys(kt.chains)) {
 		kc := kt.chains[name]
@@ -222,4 +207,26 @@ func leadingNumber(s string) (uint64, string) {
 	}
 	n, _ := strconv.ParseUint(s[:i], 10, 64)
 	return n, s[i:]
+}
+
+// anonymousSetText returns the renderer of kt's anonymous sets that rules
+// reference ("{ a, b }", elements sorted), for dumps and inspection; false
+// when the set is unknown or unreadable.
+func anonymousSetText(conn Conn, kt *kernelTable) func(name string) (string, bool) {
+	return func(name string) (string, bool) {
+		s := kt.sets[name]
+		if s == nil {
+			return "", false
+		}
+		elems, err := conn.GetSetElements(s)
+		if err != nil {
+			return "", false
+		}
+		parts := make([]string, len(elems))
+		for i, e := range elems {
+			parts[i] = renderElement(e, s.KeyType, s.DataType, s.IsMap)
+		}
+		slices.SortFunc(parts, naturalCompare)
+		return "{ " + strings.Join(parts, ", ") + " }", true
+	}
 }

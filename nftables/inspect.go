@@ -281,22 +281,7 @@ func inspectFamily(conn Conn, f *family, d *desiredTable, out *Inspection) (Insp
 		it.Sets = append(it.Sets, is)
 	}
 
-	anon := func(name string) (string, bool) {
-		s := kt.sets[name]
-		if s == nil {
-			return "", false
-		}
-		elems, err := conn.GetSetElements(s)
-		if err != nil {
-			return "", false
-		}
-		parts := make([]string, len(elems))
-		for i, e := range elems {
-			parts[i] = renderElement(e, s.KeyType, s.DataType, s.IsMap)
-		}
-		slices.SortFunc(parts, naturalCompare)
-		return "{ " + strings.Join(parts, ", ") + " }", true
-	}
+	anon := anonymousSetText(conn, kt)
 	keyLen := setKeyLen(f)
 	chains := map[string]*InspectedChain{}
 	for name, kc := range kt.chains {

@@ -38,7 +38,7 @@ func AgentAPI(t *testing.T, env *Env) {
 		t.Errorf("status %+v, want dataplane %s, node %s, 1 Service port, 2 endpoints, no error", *st, env.DP.Name(), env.NodeName)
 	}
 
-	held := HoldConnection(t, topo, topo.Client, web.Addr())
+	held, _ := HoldConnection(t, topo, topo.Client, web.Addr())
 	heldAddr := netip.AddrPortFrom(held.Addr, TargetPort).String()
 	a.Eventually("the held connection in the API's services", Deadline, func() (bool, string) {
 		sl, err := c.Services(ctx, Namespace, "web")

@@ -141,7 +141,7 @@ func Observability(t *testing.T, env *Env) {
 	// the metrics refresher (every 1 s here). Without IPVS counters
 	// (FeatureConnectionMetrics), the backend connections come from that
 	// listing too.
-	backend := HoldConnection(t, topo, topo.Client, web.Addr())
+	backend, _ := HoldConnection(t, topo, topo.Client, web.Addr())
 	a.WriteService(web, Service{Name: "nudge", ClusterIP: ip("10.96.0.61"), Port: 80, Backends: topo.Backends[:1]})
 	be := regexp.QuoteMeta(netip.AddrPortFrom(backend.Addr, TargetPort).String())
 	fe := regexp.QuoteMeta(web.Addr() + "/TCP")

@@ -187,19 +187,7 @@ func EndpointChanges(t *testing.T, env *Env) {
 	env.Spread(t, "NodePort after adding "+bes[2].ID, topo.Client, "tcp", web.NodePortAddr(), 6, bes...)
 
 	// Removed: the endpoint an open connection uses.
-	conn, err := netnstest.Dial(topo.Client, "tcp", web.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	reply, err := netnstest.Exchange(conn, "hello", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	used, ok := topo.Backend(ParseReply(t, reply).ID)
-	if !ok {
-		t.Fatalf("unexpected reply %q", reply)
-	}
+	used, conn := HoldConnection(t, topo, topo.Client, web.Addr())
 	var others []Backend
 	for _, be := range bes {
 		if be.ID != used.ID {
@@ -327,19 +315,7 @@ func GracefulDrain(t *testing.T, env *Env) {
 	a.Start()
 	env.DP.WaitProgrammed(t, a, web)
 
-	conn, err := netnstest.Dial(topo.Client, "tcp", web.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	reply, err := netnstest.Exchange(conn, "hello", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	used, ok := topo.Backend(ParseReply(t, reply).ID)
-	if !ok {
-		t.Fatalf("unexpected reply %q", reply)
-	}
+	used, conn := HoldConnection(t, topo, topo.Client, web.Addr())
 	other := topo.Backends[0]
 	if other.ID == used.ID {
 		other = topo.Backends[1]
@@ -357,6 +333,7 @@ func GracefulDrain(t *testing.T, env *Env) {
 	// a moment after the kernel shows it: poll, bounded.
 	stateFile := ipvs.StateFile(a)
 	var drainState []byte
+	var err error
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		drainState, err = os.ReadFile(stateFile)
 		if err == nil && strings.Contains(string(drainState), usedRS.String()) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -186,8 +187,9 @@ func ExpectSameSnapshot(t *testing.T, what, before, after string) {
 
 // HoldConnection opens a TCP connection from ns to addr, exchanges one
 // message (so it is established and its backend known) and keeps it open
-// until the test ends. It returns the backend that answered.
-func HoldConnection(t *testing.T, topo *Topology, ns *netnstest.NS, addr string) Backend {
+// until the test ends (or the caller closes it). It returns the backend
+// that answered and the connection.
+func HoldConnection(t *testing.T, topo *Topology, ns *netnstest.NS, addr string) (Backend, net.Conn) {
 	t.Helper()
 	conn, err := netnstest.Dial(ns, "tcp", addr, 5*time.Second)
 	if err != nil {
@@ -203,5 +205,5 @@ func HoldConnection(t *testing.T, topo *Topology, ns *netnstest.NS, addr string)
 	if !ok {
 		t.Fatalf("held connection answered by unknown backend %q", id)
 	}
-	return be
+	return be, conn
 }

@@ -1,0 +1,44 @@
+// Package ebpf is switchyard's socket-level load balancer and connection
+// counter: BPF programs at the cgroup v2 socket hooks (socklb.c, compiled
+// by bpf2go into the committed socklb_bpf*.{go,o}) and the Go side that
+// loads and attaches them, fills their maps from the dataplane model and
+// reads the counters back.
+//
+// Traffic that starts on the node (pods and host processes in the attached
+// cgroup) to a Service frontend connects straight to a backend:
+// cgroup/connect4/6 (TCP, connected UDP) and cgroup/sendmsg4/6 (UDP)
+// rewrite the destination, cgroup/getpeername4/6 and cgroup/recvmsg4/6
+// show the frontend again. A sockops program counts established TCP
+// connections per backend, both for sockets of this node connected to a
+// backend (direction "out") and for connections accepted by backends on
+// this node ("in"), and keeps one record per counted socket.
+//
+// SocketLB composes with the packet dataplane (IPVS or nftables): that
+// still programs every Service for traffic from other nodes, and any
+// socket the programs do not translate (unknown frontend, no endpoint, a
+// map being rewritten, SCTP) falls through to it.
+//
+// Map layout (all addresses 16 bytes, IPv4 as IPv4-mapped IPv6, ports in
+// host byte order):
+//
+//	frontends     {addr, port, proto, kind} -> service id   (NodePort: unspecified addr)
+//	services      id -> {count, gen, affinity timeout, flags}
+//	slots         {id, gen, 1..count} -> backend id      (a backend repeats by weight)
+//	backends      backend id -> {addr, port, proto}       (ids are per service)
+//	local_addrs   node addresses where NodePorts translate
+//	affinity      LRU {client netns cookie, id} -> {backend id, last use}
+//	revnat        LRU {socket cookie, backend} -> {frontend, id}
+//	udp_flows     LRU {socket cookie, frontend} -> {backend id, id}
+//	backend_addrs every backend address:port of a TCP Service port (what sockops counts)
+//	conn_counts   {backend, direction} -> established connections
+//	sock_records  socket cookie -> {local, remote, frontend, id, established, netns}
+//
+// Writes are ordered so that a program never follows a dangling reference
+// into a half-written service: backends first, then the slots of a new
+// generation, then the service entry that flips to it, then frontends;
+// stale frontends, slots, services and backends are deleted last.
+//
+// Maps and links are pinned under a bpffs directory (Config.PinPath), so
+// an agent restart reuses the maps and replaces the programs in the pinned
+// links without a moment untranslated.
+package ebpf

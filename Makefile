@@ -6,7 +6,7 @@ GO ?= go
 # Minimum number of passing host tests: fewer means tests silently vanished.
 MIN_HOST_TESTS ?= 40
 
-.PHONY: all build deps vet test test-unit test-vm test-demo demo bench-sync
+.PHONY: all build deps vet test test-unit test-vm test-demo demo bench-sync generate
 
 all: build
 
@@ -34,6 +34,13 @@ test-vm: deps
 # pods on this machine, the agent on examples/, traffic shown; Ctrl-C ends it.
 demo:
 	bash scripts/demo.sh
+
+# Regenerates the BPF objects (ebpf/socklb_bpf*.{go,o}) from ebpf/socklb.c
+# with bpf2go; installs clang from Debian packages when missing. Building
+# never needs this: the generated files are committed.
+generate:
+	bash scripts/ensure-deps.sh bpf
+	$(GO) generate ./ebpf/
 
 # The demo, run once without waiting: proves `make demo` works here.
 test-demo:

@@ -153,4 +153,3 @@ func addrStrings(as []netip.Addr) []string {
 }
 
 func hostPort(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
-

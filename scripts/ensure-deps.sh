@@ -3,9 +3,16 @@
 # harness and the real-packet tests): qemu, kmod (depmod), iptables, ipset,
 # iproute2, conntrack. Idempotent: a fast no-op when everything is present;
 # `apt-get update` runs at most once and only when something is missing.
+#
+# `ensure-deps.sh bpf` installs what regenerating the BPF objects needs
+# instead (clang with the bpf target, llvm-strip, libbpf and kernel
+# headers); building never needs them, the objects are committed.
 set -euo pipefail
 
 PACKAGES=(qemu-system-x86 kmod iptables ipset iproute2 conntrack)
+if [ "${1:-}" = bpf ]; then
+	PACKAGES=(clang llvm libbpf-dev linux-libc-dev)
+fi
 
 installed() {
 	# dpkg-query prints "install ok installed" only for a fully configured package.

@@ -1,6 +1,7 @@
 package ebpf
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -171,4 +172,8 @@ func (d *desiredState) addFamily(st *dataplane.State, sp *dataplane.ServicePort,
 
 func endpointsEqual(a, b []dataplane.Endpoint) bool {
 	return slices.EqualFunc(a, b, func(x, y dataplane.Endpoint) bool { return x.Addr == y.Addr })
+}
+
+func (k l4) String() string {
+	return fmt.Sprintf("%s/%d/%d", k.addrPort(), k.proto, k.tag)
 }

@@ -77,3 +77,14 @@ func loadObjects(pinDir string) (*socklbObjects, error) {
 	}
 	return &objs, nil
 }
+
+// Probe loads every program into the kernel (the verifier checks them)
+// and unloads them again, attaching nothing: nil means this kernel can run
+// the socket LB. Errors wrap ErrUnsupported.
+func Probe() error {
+	objs, err := loadObjects("")
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	return objs.Close()
+}

@@ -59,6 +59,8 @@ type SocketLB struct {
 	// names maps service ids back to Service ports for the readers.
 	names atomic.Pointer[map[uint32]dataplane.ServicePortName]
 
+	// lastWrites counts the map writes of the last successful sync.
+	lastWrites int
 	// synced is set once a sync succeeded (repairs count only after it).
 	synced  bool
 	repairs atomic.Uint64

@@ -192,6 +192,7 @@ func (s *SocketLB) Sync(ctx context.Context, st *dataplane.State, changes datapl
 		s.repairs.Add(1)
 		klog.InfoS("Socket-LB maps differed from what this agent last wrote; repaired", "writes", w.writes)
 	}
+	s.lastWrites = w.writes
 	klog.V(4).InfoS("Socket-LB sync", "full", full, "writes", w.writes)
 	names := make(map[uint32]dataplane.ServicePortName, len(s.owner))
 	for g, id := range s.owner {

@@ -8,6 +8,7 @@ import (
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // attachment is one program and the cgroup hook it runs at.
@@ -37,8 +38,8 @@ var attachments = []attachment{
 // affinity and counters across restarts. A pinned map whose definition no
 // longer matches (an upgrade changed it) is replaced.
 func loadObjects(pinDir string) (*socklbObjects, error) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	if err := removeMemlock(); err != nil {
+		return nil, err
 	}
 	spec, err := loadSocklb()
 	if err != nil {
@@ -87,4 +88,20 @@ func Probe() error {
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
 	return objs.Close()
+}
+
+// removeMemlock lifts RLIMIT_MEMLOCK for kernels that charge BPF memory to
+// it (before 5.11). cilium/ebpf's rlimit probes the kernel when the
+// process starts; where that probe failed (a process started before /proc
+// was mounted, as the VM's init), set the limit directly.
+func removeMemlock() error {
+	err := rlimit.RemoveMemlock()
+	if err == nil {
+		return nil
+	}
+	inf := unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
+	if serr := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &inf); serr != nil {
+		return fmt.Errorf("remove memlock limit: %w (%w)", serr, err)
+	}
+	return nil
 }

@@ -22,6 +22,9 @@ import (
 	"github.com/switchyard/switchyard/test/vm"
 )
 
+// setUpEnv marks the re-executed init: the system is set up already.
+const setUpEnv = "SWITCHYARD_GUEST_SET_UP"
+
 // InVM reports whether this process is the VM's init: PID 1 with the nonce
 // the host put on the kernel command line (a container's PID 1 has none).
 func InVM() bool { return os.Getpid() == 1 && os.Getenv(vm.NonceEnv) != "" }
@@ -45,8 +48,19 @@ func Main(m *testing.M) int {
 		return m.Run()
 	}
 	code := 1
-	if err := setup(); err != nil {
-		fmt.Printf("guest: setup failed: %v\n", err)
+	if os.Getenv(setUpEnv) == "" {
+		if err := setup(); err != nil {
+			fmt.Printf("guest: setup failed: %v\n", err)
+			fmt.Printf("%s nonce=%s exit=%d\n", vm.MarkerPrefix, os.Getenv(vm.NonceEnv), code)
+			powerOff(code)
+		}
+		// Start again, still PID 1, now that /proc, /sys and bpffs are
+		// mounted: package initializers ran before they were, and some
+		// cache what they saw (cilium/ebpf reads /proc/self/mountinfo
+		// once per process, in its rlimit package's init).
+		os.Setenv(setUpEnv, "1")
+		err := unix.Exec("/proc/self/exe", os.Args, os.Environ())
+		fmt.Printf("guest: re-exec after setup failed: %v\n", err)
 	} else {
 		os.Args = append(os.Args[:1], initArgs()...)
 		code = m.Run()

@@ -117,7 +117,14 @@ func (d *desiredState) addFamily(st *dataplane.State, sp *dataplane.ServicePort,
 			internal = append(internal, l4From(netip.AddrPortFrom(a, sp.Port), proto, kindVIP))
 		}
 	}
-	for _, group := range [][]netip.Addr{sp.ExternalIPs, sp.LoadBalancerIPs} {
+	lbIPs := sp.LoadBalancerIPs
+	if len(sp.LoadBalancerSourceRanges) > 0 {
+		// The packet dataplane's firewall decides whether the node may
+		// use a source-restricted LB IP (kube-proxy's allowFromNode):
+		// leave those to it rather than bypass the check.
+		lbIPs = nil
+	}
+	for _, group := range [][]netip.Addr{sp.ExternalIPs, lbIPs} {
 		for _, a := range group {
 			if inFamily(a) {
 				external = append(external, l4From(netip.AddrPortFrom(a, sp.Port), proto, kindVIP))
@@ -156,10 +163,12 @@ func (d *desiredState) addFamily(st *dataplane.State, sp *dataplane.ServicePort,
 			return
 		}
 		g := &group{frontends: frontends, affinityTimeout: affinity}
-		for _, e := range eps {
+		weighted := make([]dataplane.WeightedEndpoint, len(eps))
+		for i, e := range eps {
 			// Weight 1 for every endpoint, as nftables and IPVS give.
-			g.slots = append(g.slots, e.Addr)
+			weighted[i] = dataplane.WeightedEndpoint{Endpoint: e, Weight: 1}
 		}
+		g.slots = slotsFor(weighted)
 		d.groups[groupKey{name: sp.Name, v6: v6, external: external}] = g
 	}
 	if endpointsEqual(internalEps, sets.Cluster) {
@@ -176,4 +185,35 @@ func endpointsEqual(a, b []dataplane.Endpoint) bool {
 
 func (k l4) String() string {
 	return fmt.Sprintf("%s/%d/%d", k.addrPort(), k.proto, k.tag)
+}
+
+// slotsFor lays weighted endpoints out as slots: each endpoint appears
+// Weight times, so a uniform random slot picks it in proportion to its
+// weight. Weights are reduced by their greatest common divisor to keep the
+// slot count (and the map writes of a change) small; weight 0 endpoints
+// get no slot.
+func slotsFor(eps []dataplane.WeightedEndpoint) []netip.AddrPort {
+	g := 0
+	for _, e := range eps {
+		if e.Weight > 0 {
+			g = gcd(g, e.Weight)
+		}
+	}
+	var out []netip.AddrPort
+	for _, e := range eps {
+		if e.Weight <= 0 {
+			continue
+		}
+		for range e.Weight / g {
+			out = append(out, e.Addr)
+		}
+	}
+	return out
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }

@@ -33,6 +33,12 @@ func TestDesiredGroups(t *testing.T) {
 	add(&dataplane.ServicePort{Name: name("etp", dataplane.UDP), Port: 53, ExternalPolicyLocal: true, NodePort: 30053,
 		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.3")}},
 		ep("10.1.0.2:53", "b", true))
+	// A source-restricted LB IP stays with the packet dataplane's
+	// firewall; its ClusterIP is translated.
+	add(&dataplane.ServicePort{Name: name("ranges", dataplane.TCP), Port: 443,
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.5")}, LoadBalancerIPs: []netip.Addr{netip.MustParseAddr("198.51.100.2")},
+		LoadBalancerSourceRanges: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}},
+		ep("10.1.0.2:443", "b", true))
 	add(&dataplane.ServicePort{Name: name("sctp", dataplane.SCTP), Port: 9,
 		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.4")}}, ep("10.1.0.2:9", "b", true))
 
@@ -64,6 +70,8 @@ func TestDesiredGroups(t *testing.T) {
 			frontends: []string{fe("198.51.100.1:80", 6, 0)}, slots: []string{"10.1.0.1:8080", "10.1.0.2:8080"}},
 		// externalTrafficPolicy Local without a local endpoint: traffic
 		// from this node still uses the Cluster endpoints.
+		{name: name("ranges", dataplane.TCP)}: {
+			frontends: []string{fe("10.96.0.5:443", 6, 0)}, slots: []string{"10.1.0.2:443"}},
 		{name: name("etp", dataplane.UDP)}: {
 			frontends: []string{fe("10.96.0.3:53", 17, 0), fe("0.0.0.0:30053", 17, 1)}, slots: []string{"10.1.0.2:53"}},
 	}
@@ -94,10 +102,33 @@ func TestDesiredGroups(t *testing.T) {
 		counted = append(counted, a.addrPort().String())
 	}
 	slices.Sort(counted)
-	if want := []string{"10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080", "[fd01::1]:8080"}; !slices.Equal(counted, want) {
+	if want := []string{"10.1.0.1:8080", "10.1.0.2:443", "10.1.0.2:8080", "10.1.0.3:8080", "[fd01::1]:8080"}; !slices.Equal(counted, want) {
 		t.Errorf("counted backends %v, want %v", counted, want)
 	}
 	if len(d.localAddrs) != 2 {
 		t.Errorf("node addresses %v, want the listed one and the NodeIP", d.localAddrs)
+	}
+}
+
+func TestSlotsForWeights(t *testing.T) {
+	we := func(addr string, w int) dataplane.WeightedEndpoint {
+		return dataplane.WeightedEndpoint{Endpoint: dataplane.Endpoint{Addr: netip.MustParseAddrPort(addr)}, Weight: w}
+	}
+	for _, tc := range []struct {
+		in   []dataplane.WeightedEndpoint
+		want []string
+	}{
+		{[]dataplane.WeightedEndpoint{we("10.0.0.1:80", 1), we("10.0.0.2:80", 1)}, []string{"10.0.0.1:80", "10.0.0.2:80"}},
+		{[]dataplane.WeightedEndpoint{we("10.0.0.1:80", 2), we("10.0.0.2:80", 1)}, []string{"10.0.0.1:80", "10.0.0.1:80", "10.0.0.2:80"}},
+		{[]dataplane.WeightedEndpoint{we("10.0.0.1:80", 100), we("10.0.0.2:80", 50), we("10.0.0.3:80", 0)}, []string{"10.0.0.1:80", "10.0.0.1:80", "10.0.0.2:80"}},
+		{[]dataplane.WeightedEndpoint{we("10.0.0.1:80", 0)}, nil},
+	} {
+		var got []string
+		for _, s := range slotsFor(tc.in) {
+			got = append(got, s.String())
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("slotsFor(%v) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }

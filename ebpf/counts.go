@@ -1,6 +1,7 @@
 package ebpf
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -48,21 +49,18 @@ func (s *SocketLB) Connections() ([]BackendConnections, error) {
 	}
 	defer m.Close()
 	var out []BackendConnections
-	var k socklbL4addr
-	var n uint64
-	it := m.Iterate()
-	for it.Next(&k, &n) {
+	err = each(m, func(k socklbL4addr, n uint64) {
 		key := l4FromKernel(k)
 		out = append(out, BackendConnections{Backend: key.addrPort(), Direction: directionOf(key.tag), Count: n})
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read connection counts: %w", err)
 	}
 	slices.SortFunc(out, func(a, b BackendConnections) int {
 		if c := a.Backend.Compare(b.Backend); c != 0 {
 			return c
 		}
-		return compareStrings(string(a.Direction), string(b.Direction))
+		return cmp.Compare(a.Direction, b.Direction)
 	})
 	return out, nil
 }
@@ -98,10 +96,7 @@ func (s *SocketLB) Sockets() ([]Socket, error) {
 		return nil, err
 	}
 	var out []Socket
-	var cookie uint64
-	var r socklbSockRecord
-	it := m.Iterate()
-	for it.Next(&cookie, &r) {
+	err = each(m, func(cookie uint64, r socklbSockRecord) {
 		sock := Socket{
 			Cookie:      cookie,
 			Direction:   directionOf(r.Dir),
@@ -115,15 +110,15 @@ func (s *SocketLB) Sockets() ([]Socket, error) {
 			sock.Service = names[r.SvcId]
 		}
 		out = append(out, sock)
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read socket records: %w", err)
 	}
 	slices.SortFunc(out, func(a, b Socket) int {
 		if c := a.Established.Compare(b.Established); c != 0 {
 			return c
 		}
-		return int(a.Cookie>>1) - int(b.Cookie>>1)
+		return cmp.Compare(a.Cookie, b.Cookie)
 	})
 	return out, nil
 }
@@ -136,16 +131,6 @@ func monotonicToWall() (time.Duration, error) {
 		return 0, fmt.Errorf("read monotonic clock: %w", err)
 	}
 	return time.Duration(time.Now().UnixNano() - ts.Nano()), nil
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 var errClosed = errors.New("socket LB closed")

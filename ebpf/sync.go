@@ -67,60 +67,13 @@ func readKernel(o *socklbObjects) (*kernelState, error) {
 		backendAddrs: map[l4]struct{}{},
 		localAddrs:   map[[16]byte]struct{}{},
 	}
-	var errs []error
-	{
-		var key socklbL4addr
-		var id uint32
-		it := o.Frontends.Iterate()
-		for it.Next(&key, &id) {
-			k.frontends[l4FromKernel(key)] = id
-		}
-		errs = append(errs, it.Err())
-	}
-	{
-		var id uint32
-		var svc socklbService
-		it := o.Services.Iterate()
-		for it.Next(&id, &svc) {
-			k.services[id] = svc
-		}
-		errs = append(errs, it.Err())
-	}
-	{
-		var key socklbSlotKey
-		var id uint32
-		it := o.Slots.Iterate()
-		for it.Next(&key, &id) {
-			k.slots[key] = id
-		}
-		errs = append(errs, it.Err())
-	}
-	{
-		var id uint32
-		var be socklbBackend
-		it := o.Backends.Iterate()
-		for it.Next(&id, &be) {
-			k.backends[id] = l4FromKernel(be.Addr)
-		}
-		errs = append(errs, it.Err())
-	}
-	{
-		var key socklbL4addr
-		var v uint8
-		it := o.BackendAddrs.Iterate()
-		for it.Next(&key, &v) {
-			k.backendAddrs[l4FromKernel(key)] = struct{}{}
-		}
-		errs = append(errs, it.Err())
-	}
-	{
-		var key [16]byte
-		var v uint8
-		it := o.LocalAddrs.Iterate()
-		for it.Next(&key, &v) {
-			k.localAddrs[key] = struct{}{}
-		}
-		errs = append(errs, it.Err())
+	errs := []error{
+		each(o.Frontends, func(key socklbL4addr, id uint32) { k.frontends[l4FromKernel(key)] = id }),
+		each(o.Services, func(id uint32, svc socklbService) { k.services[id] = svc }),
+		each(o.Slots, func(key socklbSlotKey, id uint32) { k.slots[key] = id }),
+		each(o.Backends, func(id uint32, be socklbBackend) { k.backends[id] = l4FromKernel(be.Addr) }),
+		each(o.BackendAddrs, func(key socklbL4addr, _ uint8) { k.backendAddrs[l4FromKernel(key)] = struct{}{} }),
+		each(o.LocalAddrs, func(key [16]byte, _ uint8) { k.localAddrs[key] = struct{}{} }),
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("read socket-LB maps: %w", err)
@@ -413,4 +366,15 @@ func compareGroupKeys(a, b groupKey) int {
 		return 1
 	}
 	return 0
+}
+
+// each calls fn for every entry of m.
+func each[K, V any](m *cebpf.Map, fn func(K, V)) error {
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		fn(k, v)
+	}
+	return it.Err()
 }

@@ -41,6 +41,10 @@ func TestGrafanaDashboardUsesOurMetrics(t *testing.T) {
 	ct.Store([]ConntrackEntries{{Service: "s", Frontend: "f", Backend: "b", State: "ESTABLISHED", Count: 1}})
 	m.AddConntrackSource(ct.Load, true, 0)
 	m.AddRepairSources(RepairSource{Dataplane: "x", Repairs: func() uint64 { return 0 }})
+	m.SetBPFSocketLB(true, true)
+	m.AddBPFSource(func() []BPFConnections {
+		return []BPFConnections{{Service: "s", Backend: "b", Direction: "out", Count: 1}}
+	}, true, 0)
 	mfs, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

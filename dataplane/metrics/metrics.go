@@ -54,6 +54,7 @@ type Metrics struct {
 	servicePorts        prometheus.Gauge
 	dataplaneInfo       *prometheus.GaugeVec
 	hostPortProblems    *prometheus.GaugeVec
+	bpfSocketLB         *prometheus.GaugeVec
 
 	mu sync.Mutex
 	// triggers are the last-change-trigger-times of the slice updates
@@ -107,11 +108,14 @@ func New(clk clock.PassiveClock) *Metrics {
 		hostPortProblems: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "hostport_problems",
 			Help: "hostPorts of this node's Pods not programmed as asked: conflict (another Pod holds the port), nodeport (collides with a Service's NodePort), or the invalid-port reason"},
 			[]string{"kind"}),
+		bpfSocketLB: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "bpf_socket_lb_enabled",
+			Help: "1 when the BPF socket load balancer (--bpf-socket-lb) is attached by this agent (its programs run), else 0; requested=\"true\" with 0 means it was asked for and the kernel or machine cannot run it (the agent logs why)"},
+			[]string{"requested"}),
 		triggers: map[string]time.Time{},
 	}
 	m.Registry.MustRegister(m.syncDuration, m.syncFullDuration, m.syncPartialDuration, m.lastSync, m.lastQueued,
 		m.programming, m.endpointChanges, m.serviceChanges, m.endpointPending, m.servicePending,
-		m.syncErrors, m.objectProblems, m.servicePorts, m.dataplaneInfo, m.hostPortProblems,
+		m.syncErrors, m.objectProblems, m.servicePorts, m.dataplaneInfo, m.hostPortProblems, m.bpfSocketLB,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

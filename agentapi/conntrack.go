@@ -142,7 +142,7 @@ func (f Flow) Frontend() string { return f.Orig.Dst.String() + "/" + string(f.Pr
 // entries, and the backends entries go to that are no endpoint.
 func ConntrackFrom(st *dataplane.State, names []dataplane.ServicePortName, flows []Flow) *ConntrackReport {
 	counts := countFlows(st, flows)
-	out := &ConntrackReport{Source: SourceAgent, Services: []ConntrackService{}}
+	out := &ConntrackReport{Source: SourceAgent, Services: []ConntrackService{}, Sockets: []SocketLBSocket{}}
 	for _, name := range names {
 		pf := counts[name]
 		if pf == nil {
@@ -179,7 +179,7 @@ func KernelConntrack(flows []Flow) *ConntrackReport {
 		}
 		c.add(f)
 	}
-	out := &ConntrackReport{Source: SourceKernel, Services: []ConntrackService{}}
+	out := &ConntrackReport{Source: SourceKernel, Services: []ConntrackService{}, Sockets: []SocketLBSocket{}}
 	for _, fe := range slices.SortedFunc(maps.Keys(groups), compareFrontendStrings) {
 		out.Services = append(out.Services, conntrackService("", groups[fe], nil))
 	}

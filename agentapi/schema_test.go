@@ -18,7 +18,8 @@ func TestSchemaStability(t *testing.T) {
 	weight, packets, octets := 1, uint64(12), uint64(3400)
 	stats := &IPVSStats{Connections: 7, PacketsIn: 70, PacketsOut: 60, BytesIn: 7000, BytesOut: 9000}
 	status := Status{Version: "v0.1.0", Dataplane: "ipvs", SyncChain: "iptables+ipvs+conntrack+healthcheck", NodeName: "node-a",
-		StartTime: when, LastSync: &when, LastError: "ipvs: add virtual server: boom", Syncs: 12, ServicePorts: 5, Endpoints: 9}
+		StartTime: when, LastSync: &when, LastError: "ipvs: add virtual server: boom", Syncs: 12, ServicePorts: 5, Endpoints: 9,
+		SocketLB: true}
 	samples := map[string]any{
 		"Status": status,
 		"ServiceList": ServiceList{Dataplane: "ipvs", Services: []Service{{
@@ -27,7 +28,7 @@ func TestSchemaStability(t *testing.T) {
 			Scheduler: "rr", SessionAffinitySeconds: 10800, ExternalTrafficPolicy: "Local", InternalTrafficPolicy: "Cluster",
 			TopologyMode: "PreferSameZone",
 			Backends: []Backend{{Address: "10.244.1.2:8080", Node: "node-a", Zone: "zone-a", State: "ready", Weight: 1,
-				Connections: &Connections{Active: 3, Inactive: 1}}},
+				Connections: &Connections{Active: 3, Inactive: 1}, BPFConnections: &BPFConnections{Out: 2, In: 1}}},
 		}}},
 		"IPVSTable": IPVSTable{Source: "agent", DriftChecked: true, Stats: true, VirtualServers: []IPVSVirtualServer{{
 			Address: "10.96.0.10:80", Protocol: "TCP", FirewallMark: 7, Scheduler: "rr", PersistenceSeconds: 10800,
@@ -46,6 +47,9 @@ func TestSchemaStability(t *testing.T) {
 			Service: "default/web:http/tcp", Frontends: []string{"10.96.0.10:80/TCP"},
 			Backends:    []ConntrackBackend{{Address: "10.244.1.2:8080", Endpoint: true, Established: 3, Other: 1}},
 			Established: 3, Other: 1, Max: 3, Mean: 1.5, Imbalance: 2,
+		}}, SocketLB: true, Sockets: []SocketLBSocket{{
+			Cookie: 4097, Direction: "out", Local: "10.244.1.7:40312", Remote: "10.244.1.2:8080", Frontend: "10.96.0.10:80",
+			Service: "default/web:http/tcp", Established: when, NetnsCookie: 4096,
 		}}},
 		"Trace": Trace{Destination: "10.96.0.10:80", Protocol: "TCP", Dataplane: "ipvs", Matches: []TraceMatch{{
 			Service: "default/web:http/tcp", Protocol: "TCP", Frontend: "clusterIP", TrafficPolicy: "Cluster", Result: "forward",
@@ -84,7 +88,7 @@ func TestSchemaStability(t *testing.T) {
 	// Every exported type of types.go has a sample.
 	for _, v := range []any{Status{}, ServiceList{}, Service{}, Backend{}, Connections{}, IPVSTable{}, IPVSVirtualServer{},
 		IPVSRealServer{}, IPVSStats{}, NFTables{}, NFTTable{}, NFTSet{}, NFTChain{}, NFTRule{}, ConntrackReport{},
-		ConntrackService{}, ConntrackBackend{}, Trace{}, TraceMatch{}, TraceBackend{}, SyncResponse{}, Error{}} {
+		ConntrackService{}, ConntrackBackend{}, SocketLBSocket{}, BPFConnections{}, Trace{}, TraceMatch{}, TraceBackend{}, SyncResponse{}, Error{}} {
 		if !sampled(reflect.TypeOf(v), samples) {
 			t.Errorf("%T has no sample in TestSchemaStability", v)
 		}

@@ -64,6 +64,10 @@ type Config struct {
 	// Conntrack lists flows for /v1/conntrack and the nftables connection
 	// counts; nil answers 404 there and leaves counts unknown.
 	Conntrack FlowLister
+	// SocketLB is the BPF socket load balancer when it runs: its
+	// connection counts go to /v1/services, its sockets to /v1/conntrack.
+	// nil when it does not run.
+	SocketLB SocketLB
 }
 
 // Server serves the API on a unix socket.
@@ -285,7 +289,7 @@ func (s *Server) kind() string {
 func (s *Server) status() Status {
 	last, lastErr, syncs := s.cfg.Syncer.Status()
 	st := Status{Version: s.cfg.Version, Dataplane: s.kind(), SyncChain: s.cfg.SyncChain, NodeName: s.cfg.NodeName,
-		StartTime: s.start.UTC(), Syncs: syncs}
+		StartTime: s.start.UTC(), Syncs: syncs, SocketLB: s.cfg.SocketLB != nil}
 	if !last.IsZero() {
 		t := last.UTC()
 		st.LastSync = &t
@@ -338,7 +342,16 @@ func (s *Server) handleServices(w http.ResponseWriter, r *http.Request) {
 			flows = []Flow{}
 		}
 	}
-	writeJSON(w, ServicesFrom(st, names, s.kind(), sched, kernel, flows))
+	sl := ServicesFrom(st, names, s.kind(), sched, kernel, flows)
+	if s.cfg.SocketLB != nil {
+		conns, err := s.cfg.SocketLB.Connections()
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, fmt.Errorf("socket load balancer: %w", err))
+			return
+		}
+		AddBPFConnections(sl, conns)
+	}
+	writeJSON(w, sl)
 }
 
 func (s *Server) handleTable(kind string) http.HandlerFunc {
@@ -376,8 +389,19 @@ func (s *Server) handleConntrack(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
-	names := SelectPorts(st, r.URL.Query().Get("namespace"), r.URL.Query().Get("name"))
-	writeJSON(w, ConntrackFrom(st, names, flows))
+	ns, name := r.URL.Query().Get("namespace"), r.URL.Query().Get("name")
+	names := SelectPorts(st, ns, name)
+	report := ConntrackFrom(st, names, flows)
+	if s.cfg.SocketLB != nil {
+		socks, err := s.cfg.SocketLB.Sockets()
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, fmt.Errorf("socket load balancer: %w", err))
+			return
+		}
+		report.SocketLB = true
+		report.Sockets = SocketsFrom(st, names, ns != "" || name != "", socks)
+	}
+	writeJSON(w, report)
 }
 
 func (s *Server) handleTrace(w http.ResponseWriter, r *http.Request) {

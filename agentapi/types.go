@@ -34,6 +34,11 @@ type Status struct {
 	// ServicePorts and Endpoints count the model as of the last sync.
 	ServicePorts int `json:"servicePorts"`
 	Endpoints    int `json:"endpoints"`
+	// SocketLB: the BPF socket load balancer (--bpf-socket-lb) runs next
+	// to the dataplane; false when it was not asked for or could not be
+	// attached (the agent's log and switchyard_bpf_socket_lb_enabled say
+	// why).
+	SocketLB bool `json:"socketLB"`
 }
 
 // ServiceList is GET /v1/services, yardctl services.
@@ -95,6 +100,10 @@ type Backend struct {
 	Weight int `json:"weight"`
 	// Connections are null when unknown.
 	Connections *Connections `json:"connections"`
+	// BPFConnections are the socket load balancer's counts of the
+	// backend's established TCP connections; null when it does not run,
+	// and for UDP and SCTP ports (it counts TCP only).
+	BPFConnections *BPFConnections `json:"bpfConnections"`
 }
 
 // Connections counts a backend's connections: IPVS, the real servers'
@@ -105,6 +114,21 @@ type Backend struct {
 type Connections struct {
 	Active   int `json:"active"`
 	Inactive int `json:"inactive"`
+}
+
+// BPFConnections counts a backend's established TCP connections as the
+// socket load balancer's sockops program sees them on this node: every
+// connection to the backend's address and port, whether the socket load
+// balancer translated it or the application dialed the backend itself
+// (connections the packet dataplane DNATs are not counted as out: their
+// sockets are connected to the Service address).
+type BPFConnections struct {
+	// Out: sockets of this node (pods, host processes) connected to the
+	// backend.
+	Out uint64 `json:"out"`
+	// In: connections the backend, on this node, accepted (from
+	// anywhere).
+	In uint64 `json:"in"`
 }
 
 // IPVSTable is GET /v1/ipvs, yardctl ipvs: the kernel's IPVS table.
@@ -236,6 +260,41 @@ type ConntrackReport struct {
 	// destination clients used, without Service names.
 	Source   string             `json:"source"`
 	Services []ConntrackService `json:"services"`
+	// SocketLB: the socket load balancer runs and Sockets were read from
+	// it (the agent's view only: false with Source "kernel").
+	SocketLB bool `json:"socketLB"`
+	// Sockets are the established TCP sockets the socket load balancer
+	// counts (those of the selected Service ports' backends when the
+	// request names Services), oldest first; [] when it does not run.
+	// Connections it translated never reach conntrack as DNATed flows:
+	// they are here, not in Services.
+	Sockets []SocketLBSocket `json:"sockets"`
+}
+
+// SocketLBSocket is one established TCP socket on this node to or of a
+// backend, as the socket load balancer records it.
+type SocketLBSocket struct {
+	// Cookie is the kernel's socket cookie.
+	Cookie uint64 `json:"cookie"`
+	// Direction is "out" (a socket of this node connected to a backend)
+	// or "in" (a backend on this node accepted it).
+	Direction string `json:"direction"`
+	// Local and Remote are the socket's addresses ("ip:port") as the
+	// kernel has them: for a translated socket Remote is the backend.
+	Local  string `json:"local"`
+	Remote string `json:"remote"`
+	// Frontend is the Service address the application dialed and sees as
+	// its peer (getpeername), "" when the socket load balancer did not
+	// translate the socket.
+	Frontend string `json:"frontend"`
+	// Service is the Service port of Frontend
+	// ("namespace/name:port/protocol"), "" when not translated or no
+	// longer known.
+	Service string `json:"service"`
+	// Established is when the connection was established.
+	Established time.Time `json:"established"`
+	// NetnsCookie identifies the socket's network namespace.
+	NetnsCookie uint64 `json:"netnsCookie"`
 }
 
 // ConntrackService is the conntrack entries of one Service port.

@@ -17,6 +17,7 @@ import (
 	"github.com/switchyard/switchyard/cmd/yardctl/cli"
 	"github.com/switchyard/switchyard/conntrack"
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/ebpf"
 	"github.com/switchyard/switchyard/ipvs"
 )
 
@@ -277,13 +278,22 @@ func nftTable() *agentapi.NFTables {
 // directory.
 func startAgent(t *testing.T, syncer agentapi.Syncer, insp agentapi.Inspector, flows agentapi.FlowLister) string {
 	t.Helper()
+	return startAgentWith(t, syncer, insp, flows, nil)
+}
+
+// startAgentWith is startAgent with a socket load balancer (nil: none).
+func startAgentWith(t *testing.T, syncer agentapi.Syncer, insp agentapi.Inspector, flows agentapi.FlowLister, lb agentapi.SocketLB) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "run", "switchyard.sock")
 	chain := "ipvs+conntrack+healthcheck"
 	if insp != nil && insp.Kind() == agentapi.KindNFTables {
 		chain = "nftables+conntrack+healthcheck"
+		if lb != nil {
+			chain = "nftables+socketlb+conntrack+healthcheck"
+		}
 	}
 	s, err := agentapi.NewServer(agentapi.Config{Socket: sock, Version: "v0.3.0", NodeName: "node-a", SyncChain: chain,
-		StartTime: startTime, Syncer: syncer, Inspector: insp, Conntrack: flows})
+		StartTime: startTime, Syncer: syncer, Inspector: insp, Conntrack: flows, SocketLB: lb})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,6 +303,42 @@ func startAgent(t *testing.T, syncer agentapi.Syncer, insp agentapi.Inspector, f
 		}
 	})
 	return sock
+}
+
+// fakeSocketLB is an agent's socket load balancer with fixed counts and
+// sockets.
+type fakeSocketLB struct {
+	conns []ebpf.BackendConnections
+	socks []ebpf.Socket
+}
+
+func (f fakeSocketLB) Connections() ([]ebpf.BackendConnections, error) {
+	return slices.Clone(f.conns), nil
+}
+func (f fakeSocketLB) Sockets() ([]ebpf.Socket, error) { return slices.Clone(f.socks), nil }
+
+// testSocketLB: web's 10.244.1.2 has two sockets of this node connected
+// (one translated from the ClusterIP a minute ago, one dialed directly)
+// and one it accepted; shop's 10.244.1.4 one socket translated from its
+// external IP.
+func testSocketLB() fakeSocketLB {
+	return fakeSocketLB{
+		conns: []ebpf.BackendConnections{
+			{Backend: ap("10.244.1.2:8080"), Direction: ebpf.Out, Count: 2},
+			{Backend: ap("10.244.1.2:8080"), Direction: ebpf.In, Count: 1},
+			{Backend: ap("10.244.1.4:9000"), Direction: ebpf.Out, Count: 1},
+		},
+		socks: []ebpf.Socket{
+			{Cookie: 11, Direction: ebpf.Out, Local: ap("10.244.1.7:40000"), Remote: ap("10.244.1.2:8080"),
+				Frontend: ap("10.96.0.10:80"), Service: webHTTP, Established: now.Add(-time.Minute), NetnsCookie: 3},
+			{Cookie: 12, Direction: ebpf.Out, Local: ap("10.244.1.7:40001"), Remote: ap("10.244.1.2:8080"),
+				Established: now.Add(-30 * time.Second), NetnsCookie: 3},
+			{Cookie: 13, Direction: ebpf.In, Local: ap("10.244.1.2:8080"), Remote: ap("10.244.2.8:50000"),
+				Established: now.Add(-20 * time.Second), NetnsCookie: 4},
+			{Cookie: 14, Direction: ebpf.Out, Local: ap("10.244.1.7:40002"), Remote: ap("10.244.1.4:9000"),
+				Frontend: ap("203.0.113.7:443"), Service: shopAPI, Established: now.Add(-5 * time.Second), NetnsCookie: 3},
+		},
+	}
 }
 
 func newServerAt(sock string, syncer agentapi.Syncer) (*agentapi.Server, error) {

@@ -78,6 +78,34 @@ func TestCommandsNFTablesAgent(t *testing.T) {
 	}
 }
 
+// An nftables agent running the socket load balancer: services show its
+// per-backend counts (TCP ports only), conntrack its sockets after the
+// conntrack table, filtered by Service like the rest.
+func TestCommandsSocketLBAgent(t *testing.T) {
+	syncer := &fakeSyncer{st: testState(), syncs: 3}
+	sock := startAgentWith(t, syncer, nftInspector{table: nftTable()}, fakeFlows(testFlows()), testSocketLB())
+	k := fakeKernel{n: newIPVSNode(t), nft: nftTable()}
+	for _, c := range []struct {
+		golden string
+		args   []string
+	}{
+		{"status_socketlb.golden", []string{"status"}},
+		{"services_socketlb.golden", []string{"services"}},
+		{"services_socketlb_web.json", []string{"services", "default/web", "-o", "json"}},
+		{"conntrack_socketlb.golden", []string{"conntrack"}},
+		{"conntrack_socketlb_shop.golden", []string{"conntrack", "-n", "shop"}},
+		{"conntrack_socketlb_shop.yaml", []string{"conntrack", "-n", "shop", "-o", "yaml"}},
+	} {
+		t.Run(c.golden, func(t *testing.T) {
+			out, err := yardctl(t, sock, k, c.args...)
+			if err != nil {
+				t.Fatalf("yardctl %v: %v", c.args, err)
+			}
+			golden(t, c.golden, out)
+		})
+	}
+}
+
 // With the agent down, ipvs, nft and conntrack read the kernel; the rest
 // say they need the agent.
 func TestCommandsAgentDown(t *testing.T) {

@@ -243,9 +243,11 @@ func (o *options) nftCmd() *cobra.Command {
 func (o *options) conntrackCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "conntrack [NAMESPACE/NAME | NAME | IP:PORT[/PROTO]]",
-		Short: "Established connections per backend from conntrack, with the imbalance (max/mean)",
+		Short: "Established connections per backend from conntrack, with the imbalance (max/mean), and the socket load balancer's sockets",
 		Long: "Established connections per backend from conntrack, with the imbalance ratio (max/mean over the\n" +
-			"endpoints). With the agent down, entries are grouped by destination; filter them with IP:PORT[/PROTO].",
+			"endpoints). When the agent runs the BPF socket load balancer (--bpf-socket-lb), its sockets follow:\n" +
+			"direction, local and remote address, the Service frontend it translated, Service and age.\n" +
+			"With the agent down, entries are grouped by destination; filter them with IP:PORT[/PROTO].",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ns, name := o.filter(args)
@@ -259,7 +261,7 @@ func (o *options) conntrackCmd() *cobra.Command {
 					return err
 				}
 			}
-			return o.print(r, func(w io.Writer) { FormatConntrack(w, r, note) })
+			return o.print(r, func(w io.Writer) { FormatConntrack(w, r, note, o.now()) })
 		},
 	}
 	cmd.Flags().StringVarP(&o.namespace, "namespace", "n", "", "only Services of this namespace")

@@ -62,6 +62,9 @@ func FormatStatus(w io.Writer, st *agentapi.Status, now time.Time) {
 	fmt.Fprintf(tw, "Agent:\trunning, version %s\n", dash(st.Version))
 	fmt.Fprintf(tw, "Node:\t%s\n", dash(st.NodeName))
 	fmt.Fprintf(tw, "Dataplane:\t%s (sync chain %s)\n", dash(st.Dataplane), dash(st.SyncChain))
+	if st.SocketLB {
+		fmt.Fprintf(tw, "Socket LB:\ton (BPF: this node's connections to Services go straight to a backend; see services, conntrack)\n")
+	}
 	fmt.Fprintf(tw, "Started:\t%s\n", when(st.StartTime, now))
 	if st.LastSync == nil {
 		fmt.Fprintf(tw, "Last sync:\tnone yet\n")
@@ -92,13 +95,26 @@ func ago(d time.Duration) string {
 }
 
 // FormatServices prints yardctl services: one line per Service port.
+// With the socket load balancer running, each TCP backend also shows its
+// BPF counts: sockets of this node connected to it / connections it
+// accepted on this node.
 func FormatServices(w io.Writer, sl *agentapi.ServiceList) {
 	if len(sl.Services) == 0 {
 		fmt.Fprintln(w, "No Service ports.")
 		return
 	}
+	bpf := false
+	for _, s := range sl.Services {
+		for _, b := range s.Backends {
+			bpf = bpf || b.BPFConnections != nil
+		}
+	}
 	tw := newTab(w)
-	fmt.Fprintln(tw, "SERVICE\tPORT\tPROTO\tVIPS\tNODEPORT\tDATAPLANE\tBACKENDS (weight state active/inactive)")
+	hdr := "BACKENDS (weight state active/inactive)"
+	if bpf {
+		hdr = "BACKENDS (weight state active/inactive bpf out/in)"
+	}
+	fmt.Fprintln(tw, "SERVICE\tPORT\tPROTO\tVIPS\tNODEPORT\tDATAPLANE\t"+hdr)
 	for _, s := range sl.Services {
 		var vips []string
 		for _, group := range [][]string{s.ClusterIPs, s.ExternalIPs, s.LoadBalancerIPs} {
@@ -119,6 +135,9 @@ func FormatServices(w io.Writer, sl *agentapi.ServiceList) {
 			conns := "-"
 			if b.Connections != nil {
 				conns = fmt.Sprintf("%d/%d", b.Connections.Active, b.Connections.Inactive)
+			}
+			if b.BPFConnections != nil {
+				conns += fmt.Sprintf(" bpf %d/%d", b.BPFConnections.Out, b.BPFConnections.In)
 			}
 			bes = append(bes, fmt.Sprintf("%s(w%d %s %s)", b.Address, b.Weight, b.State, conns))
 		}
@@ -426,8 +445,16 @@ func counterCells(rules []agentapi.NFTRule) []string {
 }
 
 // FormatConntrack prints yardctl conntrack: per Service port one line per
-// backend and a total with the imbalance.
-func FormatConntrack(w io.Writer, r *agentapi.ConntrackReport, note string) {
+// backend and a total with the imbalance; then, when the socket load
+// balancer runs, its sockets.
+func FormatConntrack(w io.Writer, r *agentapi.ConntrackReport, note string, now time.Time) {
+	formatConntrackServices(w, r, note)
+	if r.SocketLB {
+		formatSockets(w, r.Sockets, now)
+	}
+}
+
+func formatConntrackServices(w io.Writer, r *agentapi.ConntrackReport, note string) {
 	if r.Source == agentapi.SourceKernel {
 		fmt.Fprintf(w, "Conntrack read from the kernel by yardctl (%s): entries grouped by destination, no Service names.\n", note)
 	}
@@ -463,6 +490,26 @@ func FormatConntrack(w io.Writer, r *agentapi.ConntrackReport, note string) {
 			imb = fmt.Sprintf("imbalance %.2f (max %d, mean %.2f)", s.Imbalance, s.Max, s.Mean)
 		}
 		fmt.Fprintf(tw, "\ttotal\t%d\t%d\t%s\n", s.Established, s.Other, imb)
+	}
+	tw.Flush()
+}
+
+// formatSockets prints the socket load balancer's sockets, oldest first.
+func formatSockets(w io.Writer, socks []agentapi.SocketLBSocket, now time.Time) {
+	fmt.Fprintln(w, "\nSocket load balancer: established TCP sockets to and of backends (sockops); the ones it")
+	fmt.Fprintln(w, "translated (FRONTEND set) connect straight to the backend and are not in conntrack as DNATed flows.")
+	if len(socks) == 0 {
+		fmt.Fprintln(w, "No sockets.")
+		return
+	}
+	tw := newTab(w)
+	fmt.Fprintln(tw, "DIRECTION\tLOCAL\tREMOTE\tFRONTEND\tSERVICE\tAGE")
+	for _, s := range socks {
+		age := "-"
+		if !s.Established.IsZero() {
+			age = now.Sub(s.Established).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.Direction, s.Local, s.Remote, dash(s.Frontend), dash(s.Service), age)
 	}
 	tw.Flush()
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/switchyard/switchyard/agentapi"
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/ebpf"
 )
 
 // serveAPI serves yardctl's API (package agentapi) on the unix socket
@@ -28,6 +29,9 @@ func serveAPI(socket, nodeName string, syncer *dataplane.Syncer, dp dataplane.Da
 		Syncer:    syncer,
 		Inspector: agentapi.FindInspector(dp),
 	}
+	if lb, ok := findPart[*ebpf.SocketLB](dp); ok {
+		cfg.SocketLB = lb
+	}
 	flows, ferr := agentapi.NewNetlinkFlows(netns.None())
 	if ferr != nil {
 		klog.ErrorS(ferr, "The agent API will not show conntrack entries")
@@ -45,7 +49,7 @@ func serveAPI(socket, nodeName string, syncer *dataplane.Syncer, dp dataplane.Da
 	if cfg.Inspector != nil {
 		inspected = cfg.Inspector.Kind()
 	}
-	klog.InfoS("Serving the agent API for yardctl", "socket", socket, "inspectedDataplane", inspected)
+	klog.InfoS("Serving the agent API for yardctl", "socket", socket, "inspectedDataplane", inspected, "socketLB", cfg.SocketLB != nil)
 	return func() {
 		if err := s.Close(); err != nil {
 			klog.ErrorS(err, "Closing the agent API")

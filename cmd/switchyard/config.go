@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/ebpf"
 )
 
 // config is everything the flags say. Each dataplane gets its own Config
@@ -74,6 +76,13 @@ type config struct {
 	// apiSocket serves yardctl's API ("" disables).
 	apiSocket string
 
+	// bpfSocketLB runs the BPF socket load balancer (package ebpf) next
+	// to the dataplane, its programs attached to bpfCgroupPath ("": the
+	// cgroup v2 root) and its maps and links pinned under bpfPinPath.
+	bpfSocketLB   bool
+	bpfCgroupPath string
+	bpfPinPath    string
+
 	// configFile is --config: a KubeProxyConfiguration and/or a
 	// SwitchyardConfiguration (configfile.go); flags given on the command
 	// line override it.
@@ -123,6 +132,12 @@ func parseFlags(args []string) (*config, error) {
 	fs.DurationVar(&c.metricsRefreshInterval, "metrics-refresh-interval", 15*time.Second, "how often dataplane counters (IPVS bytes and packets) and conntrack are read in the background for /metrics; scrapes read the cached values")
 	fs.BoolVar(&c.metricsConntrack, "metrics-conntrack", true, "list conntrack every --metrics-refresh-interval for switchyard_conntrack_entries and the nftables dataplane's backend connections (costly on busy nodes)")
 	fs.StringVar(&c.apiSocket, "api-socket", "/run/switchyard/switchyard.sock", "unix socket serving yardctl's read-mostly API (mode 0600, root only; no TCP listener); empty disables")
+	// Off by default until test/socklbbench (make bench-ebpf) shows the
+	// socket load balancer pays on real nodes: it attaches to every
+	// process on the node (see README, "Socket load balancing").
+	fs.BoolVar(&c.bpfSocketLB, "bpf-socket-lb", false, "BPF socket load balancing: connections from this node's pods and processes to Services go straight to a backend (cgroup connect/sendmsg hooks), counted per backend; the dataplane still serves everything else. Off when the kernel cannot run it (logged)")
+	fs.StringVar(&c.bpfCgroupPath, "bpf-cgroup-path", "", "cgroup v2 directory the socket load balancer attaches to; every process in it or below is affected (default: the cgroup v2 root found in /proc/self/mountinfo)")
+	fs.StringVar(&c.bpfPinPath, "bpf-pin-path", ebpf.DefaultPinPath, "bpf file system directory the socket load balancer pins its maps and links in, so a restarted agent takes over without interrupting translation (/sys/fs/bpf is mounted when missing); --cleanup unpins it")
 	fs.StringVar(&c.configFile, "config", "", "configuration file: a kube-proxy KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and/or a SwitchyardConfiguration (switchyard.io/v1alpha1); flags given on the command line override it")
 	fs.BoolVar(&c.cleanup, "cleanup", false, "remove every kernel object switchyard owns, then exit")
 
@@ -187,6 +202,11 @@ func parseFlags(args []string) (*config, error) {
 	if c.configFile != "" {
 		if err := applyConfigFile(fs, c, c.configFile); err != nil {
 			return nil, err
+		}
+	}
+	for name, v := range map[string]string{"--bpf-cgroup-path": c.bpfCgroupPath, "--bpf-pin-path": c.bpfPinPath} {
+		if v != "" && !filepath.IsAbs(v) {
+			return nil, fmt.Errorf("%s %q: must be an absolute path", name, v)
 		}
 	}
 	if c.hostnameOverride == "" {

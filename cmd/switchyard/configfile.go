@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -67,6 +68,9 @@ type fileSettings struct {
 	conntrackTCPBeLiberal *bool
 	conntrackDropInvalid  *bool
 	hostPorts             *bool
+	bpfSocketLB           *bool
+	bpfCgroupPath         string
+	bpfPinPath            string
 
 	conntrackMaxPerCore *int
 	conntrackMin        *int
@@ -140,6 +144,8 @@ func (s *fileSettings) apply(fs *pflag.FlagSet, c *config) (overridden []string,
 	setStr("ipvs-scheduler", &c.ipvsScheduler, s.ipvsScheduler)
 	setStr("healthz-bind-address", &c.healthzBindAddress, s.healthzBindAddress)
 	setStr("metrics-bind-address", &c.metricsBindAddress, s.metricsBindAddress)
+	setStr("bpf-cgroup-path", &c.bpfCgroupPath, s.bpfCgroupPath)
+	setStr("bpf-pin-path", &c.bpfPinPath, s.bpfPinPath)
 	setDur := func(flag string, dst *time.Duration, v *time.Duration) {
 		if v != nil && !keep(flag) {
 			*dst = *v
@@ -173,6 +179,7 @@ func (s *fileSettings) apply(fs *pflag.FlagSet, c *config) (overridden []string,
 	setBool("conntrack-tcp-be-liberal", &c.conntrackTCPBeLiberal, s.conntrackTCPBeLiberal)
 	setBool("conntrack-drop-invalid", &c.conntrackDropInvalid, s.conntrackDropInvalid)
 	setBool("hostport", &c.hostPorts, s.hostPorts)
+	setBool("bpf-socket-lb", &c.bpfSocketLB, s.bpfSocketLB)
 	if s.masqueradeBit != nil && !keep("masquerade-bit") {
 		c.masqueradeBit = *s.masqueradeBit
 	}
@@ -670,6 +677,17 @@ func (f *configFile) resolve(flagDataplane string) (*fileSettings, error) {
 	}
 	s.conntrackDropInvalid = sy.Conntrack.DropInvalid
 	s.hostPorts = sy.HostPort
+	s.bpfSocketLB = sy.BPF.SocketLB
+	for _, p := range []struct {
+		path string
+		v    string
+		dst  *string
+	}{{"bpf.cgroupPath", sy.BPF.CgroupPath, &s.bpfCgroupPath}, {"bpf.pinPath", sy.BPF.PinPath, &s.bpfPinPath}} {
+		if p.v != "" && !filepath.IsAbs(p.v) {
+			return nil, syErr(p.path, "%q: must be an absolute path", p.v)
+		}
+		*p.dst = p.v
+	}
 	return s, nil
 }
 

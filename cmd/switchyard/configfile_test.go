@@ -424,6 +424,7 @@ func TestConfigFileDecodeErrors(t *testing.T) {
 		{"several unknown fields", kpHeader + "foo: 1\nconntrack: {maxPerCpu: 1}\n", `unknown field "conntrack.maxPerCpu"; unknown field "foo"`},
 		{"field names are case-sensitive", kpHeader + "Mode: ipvs\n", `unknown field "Mode"`},
 		{"unknown switchyard field", kpHeader + "---\n" + syHeader + "ipvs: {drainTimout: 1m}\n", `document 2 (SwitchyardConfiguration): unknown field "ipvs.drainTimout"`},
+		{"unknown bpf field", syHeader + "bpf: {socketLb: true}\n", `unknown field "bpf.socketLb"`},
 		{"kube-proxy field in switchyard doc", syHeader + "mode: ipvs\n", `unknown field "mode"`},
 		{"wrong type", kpHeader + "iptables: {masqueradeBit: fourteen}\n", `iptables.masqueradeBit: want int32, got a JSON string`},
 		{"duration as number", kpHeader + "ipvs: {syncPeriod: 30}\n", `ipvs.syncPeriod: want a duration string such as "30s", got a JSON number`},
@@ -468,6 +469,8 @@ func TestConfigFileInvalidValues(t *testing.T) {
 		{"dummyLink", syHeader + "ipvs: {dummyLink: a-very-long-link-name}\n", `SwitchyardConfiguration ipvs.dummyLink: "a-very-long-link-name"`},
 		{"drainTimeout", syHeader + "ipvs: {drainTimeout: forever}\n", `SwitchyardConfiguration ipvs.drainTimeout: "forever" is not a duration`},
 		{"switchyard nodePortAddresses", syHeader + "nodePortAddresses: [x]\n", `SwitchyardConfiguration nodePortAddresses[0]: "x"`},
+		{"bpf.pinPath", syHeader + "bpf: {pinPath: switchyard}\n", `SwitchyardConfiguration bpf.pinPath: "switchyard": must be an absolute path`},
+		{"bpf.cgroupPath", syHeader + "bpf: {cgroupPath: ../unified}\n", `SwitchyardConfiguration bpf.cgroupPath: "../unified": must be an absolute path`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := decodeResolve(t, tc.content, "")
@@ -497,6 +500,7 @@ manifests: /file/manifests
 ipvs: {drainTimeout: 1m, dummyLink: file0}
 conntrack: {dropInvalid: true}
 hostPort: false
+bpf: {socketLB: true, cgroupPath: /file/cgroup, pinPath: /file/bpf}
 `)
 	fileOnly, err := parseFlags([]string{"--config", path})
 	if err != nil {
@@ -526,6 +530,9 @@ hostPort: false
 		ipvsTCPTimeout:         10 * time.Minute,
 		ipvsUDPTimeout:         15 * time.Second,
 		hostPorts:              false,
+		bpfSocketLB:            true,
+		bpfCgroupPath:          "/file/cgroup",
+		bpfPinPath:             "/file/bpf",
 		metricsPerBackend:      true,
 		metricsBackendCap:      20000,
 		metricsRefreshInterval: 15 * time.Second,
@@ -550,6 +557,7 @@ hostPort: false
 		"--healthz-bind-address", "127.0.0.1:10256",
 		"--conntrack-max-per-core", "0", "--conntrack-udp-timeout", "0s", "--ipvs-tcp-timeout", "1m",
 		"--hostport=true",
+		"--bpf-socket-lb=false", "--bpf-cgroup-path", "/flag/cgroup", "--bpf-pin-path", "/sys/fs/bpf/switchyard",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -570,6 +578,8 @@ hostPort: false
 		conntrackMin:           5000,
 		ipvsTCPTimeout:         time.Minute,
 		hostPorts:              true,
+		bpfCgroupPath:          "/flag/cgroup",
+		bpfPinPath:             "/sys/fs/bpf/switchyard",
 		metricsPerBackend:      true,
 		metricsBackendCap:      20000,
 		metricsRefreshInterval: 15 * time.Second,

@@ -177,6 +177,7 @@ type switchyardConfiguration struct {
 
 	IPVS      syIPVSConfiguration      `json:"ipvs"`
 	Conntrack syConntrackConfiguration `json:"conntrack"`
+	BPF       syBPFConfiguration       `json:"bpf"`
 }
 
 type syIPVSConfiguration struct {
@@ -189,4 +190,15 @@ type syIPVSConfiguration struct {
 type syConntrackConfiguration struct {
 	// DropInvalid (--conntrack-drop-invalid).
 	DropInvalid *bool `json:"dropInvalid"`
+}
+
+type syBPFConfiguration struct {
+	// SocketLB turns on BPF socket load balancing (--bpf-socket-lb).
+	SocketLB *bool `json:"socketLB"`
+	// CgroupPath is the cgroup v2 directory its programs attach to
+	// (--bpf-cgroup-path; empty: the cgroup v2 root).
+	CgroupPath string `json:"cgroupPath"`
+	// PinPath is the bpffs directory of its pinned maps and links
+	// (--bpf-pin-path).
+	PinPath string `json:"pinPath"`
 }

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/switchyard/switchyard/conntrack"
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/ebpf"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/nftables"
@@ -41,6 +45,14 @@ func newDataplane(cfg *config) (dataplane.Dataplane, error) {
 		return nil, fmt.Errorf("conntrack: %w", err)
 	}
 	chain := dataplane.Chain{dp}
+	// The socket load balancer right after the Service dataplane, which
+	// still programs every Service: for traffic from other nodes, and for
+	// any socket the BPF programs leave untranslated.
+	if cfg.bpfSocketLB {
+		if lb := newSocketLB(cfg, choice); lb != nil {
+			chain = append(chain, lb)
+		}
+	}
 	// hostPorts after the Service dataplane: a failure there must not keep
 	// Services from being programmed. Their rules come first in the packet
 	// path anyway (their own tables, priority -110).
@@ -52,6 +64,80 @@ func newDataplane(cfg *config) (dataplane.Dataplane, error) {
 		chain = append(chain, hp)
 	}
 	return append(chain, conntrack.NewCleaner(ct, nil)), nil
+}
+
+// newSocketLB loads and attaches the BPF socket load balancer, reusing
+// what an earlier agent pinned so translation does not stop across the
+// restart. When the machine cannot run it (no cgroup v2, no BPF, a
+// verifier that refuses the programs, no bpf file system) it logs one
+// error line saying so and returns nil: the agent goes on without it and
+// Services keep working through the packet dataplane.
+func newSocketLB(cfg *config, packetDataplane string) *ebpf.SocketLB {
+	lb, err := ebpf.New(ebpf.Config{
+		CgroupPath:    cfg.bpfCgroupPath,
+		PinPath:       cfg.bpfPinPath,
+		NodeAddresses: socketLBNodeAddresses(cfg.nodePortAddresses),
+	})
+	if err != nil {
+		why := "it cannot be set up"
+		if errors.Is(err, ebpf.ErrUnsupported) {
+			why = "this kernel or machine cannot run it"
+		}
+		cgroup := cfg.bpfCgroupPath
+		if cgroup == "" {
+			cgroup = "(cgroup v2 root)"
+		}
+		klog.ErrorS(err, "BPF socket load balancing disabled: "+why+"; Services keep working through the "+packetDataplane+" dataplane",
+			"cgroup", cgroup, "pinPath", cfg.bpfPinPath)
+		return nil
+	}
+	klog.InfoS("BPF socket load balancing enabled", "cgroup", lb.CgroupPath(), "pinPath", cfg.bpfPinPath)
+	return lb
+}
+
+// socketLBNodeAddresses returns the node addresses where the socket load
+// balancer translates NodePorts: the local unicast addresses of the
+// agent's network namespace inside --nodeport-addresses (all of them
+// without it), as the packet dataplanes open NodePorts.
+func socketLBNodeAddresses(within []netip.Prefix) func() ([]netip.Addr, error) {
+	return func() ([]netip.Addr, error) {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return nil, fmt.Errorf("list node addresses: %w", err)
+		}
+		var out []netip.Addr
+		for _, a := range addrs {
+			p, err := netip.ParsePrefix(a.String())
+			if err != nil || p.Addr().IsLoopback() {
+				continue
+			}
+			ip := p.Addr().Unmap()
+			if len(within) == 0 || slices.ContainsFunc(within, func(n netip.Prefix) bool { return n.Contains(ip) }) {
+				out = append(out, ip)
+			}
+		}
+		return out, nil
+	}
+}
+
+// closeSocketLB releases the socket load balancer's handles when the
+// agent stops. Its links and maps stay pinned: the programs keep
+// translating until the next agent takes them over (or --cleanup).
+// Without a pin path nothing holds the links, and the programs detach.
+func closeSocketLB(cfg *config, dp dataplane.Dataplane) {
+	lb, ok := findPart[*ebpf.SocketLB](dp)
+	if !ok {
+		return
+	}
+	if err := lb.Close(); err != nil {
+		klog.ErrorS(err, "Releasing the socket load balancer")
+		return
+	}
+	if cfg.bpfPinPath == "" {
+		klog.InfoS("Released the socket load balancer; nothing was pinned, so its programs are detached")
+		return
+	}
+	klog.InfoS("Released the socket load balancer; its pinned programs keep translating", "pinPath", cfg.bpfPinPath)
 }
 
 // applyConntrackLimits sets the conntrack table size and timeouts the
@@ -111,6 +197,11 @@ func newCleanupDataplane(cfg *config) (dataplane.Dataplane, error) {
 		return nil, err
 	}
 	parts = append(parts, nft)
+	// The socket load balancer's pinned programs and maps go whatever
+	// --bpf-socket-lb says now: detached and unpinned.
+	if cfg.bpfPinPath != "" {
+		parts = append(parts, ebpf.NewForCleanup(ebpf.Config{PinPath: cfg.bpfPinPath}))
+	}
 	// hostPort tables of an earlier run go whatever --hostport says now.
 	if hp, err := newHostPorts(); err == nil {
 		parts = append(parts, hp)

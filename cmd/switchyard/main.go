@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard/switchyard/dataplane/healthcheck"
 	"github.com/switchyard/switchyard/dataplane/metrics"
 	"github.com/switchyard/switchyard/dataplane/source"
+	"github.com/switchyard/switchyard/ebpf"
 	"github.com/switchyard/switchyard/hostport"
 	"github.com/switchyard/switchyard/ipvs"
 )
@@ -60,7 +61,11 @@ func mainWithArgs(args []string) int {
 		klog.ErrorS(err, "Cannot set up the dataplane")
 		return 1
 	}
-	if err := run(ctx, cfg, dp); err != nil && !errors.Is(err, context.Canceled) {
+	err = run(ctx, cfg, dp)
+	// Close, not Cleanup: the pinned programs keep translating while the
+	// agent is down.
+	closeSocketLB(cfg, dp)
+	if err != nil && !errors.Is(err, context.Canceled) {
 		klog.ErrorS(err, "Agent stopped")
 		return 1
 	}
@@ -72,6 +77,8 @@ func mainWithArgs(args []string) int {
 func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	m := metrics.New(nil)
 	m.SetDataplane(dp.Name())
+	lb, hasLB := findPart[*ebpf.SocketLB](dp)
+	m.SetBPFSocketLB(cfg.bpfSocketLB, hasLB)
 	tracker := dataplane.NewTracker(cfg.hostnameOverride, dataplane.TranslateOptions{ProxyName: cfg.proxyName}, func(p dataplane.Problem) {
 		m.ObjectProblem(p)
 		if p.Fatal {
@@ -130,6 +137,13 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 		} else {
 			refresh, closers = append(refresh, read), append(closers, closeFlows)
 		}
+	}
+	if hasLB {
+		// The BPF counts are per backend address; the model's endpoints
+		// name the Service ports.
+		bpf := &metrics.Cache[[]metrics.BPFConnections]{}
+		m.AddBPFSource(bpf.Load, cfg.metricsPerBackend, cfg.metricsBackendCap)
+		refresh = append(refresh, socketLBReader(lb, syncer.View, bpf))
 	}
 	if cfg.metricsBindAddress != "" {
 		addr, err := serveHTTP(ctx, "metrics", cfg.metricsBindAddress, m.Handler())

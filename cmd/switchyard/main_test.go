@@ -186,9 +186,30 @@ func TestParseFlagsRejectsBadValues(t *testing.T) {
 		{"--conntrack-udp-timeout", "-1s"},
 		{"--ipvs-tcp-timeout", "-5m"},
 		{"--conntrack-max-per-core", "-1"},
+		{"--bpf-pin-path", "bpf/switchyard"},
+		{"--bpf-cgroup-path", "unified"},
 	} {
 		if _, err := parseFlags(append(args, "--hostname-override", "n")); err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+// The socket load balancer is off unless asked for; it attaches to the
+// discovered cgroup v2 root and pins under /sys/fs/bpf/switchyard.
+func TestParseFlagsBPFDefaults(t *testing.T) {
+	c, err := parseFlags([]string{"--hostname-override", "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.bpfSocketLB || c.bpfCgroupPath != "" || c.bpfPinPath != "/sys/fs/bpf/switchyard" {
+		t.Errorf("defaults: socket LB %v, cgroup %q, pin path %q; want off, \"\", /sys/fs/bpf/switchyard", c.bpfSocketLB, c.bpfCgroupPath, c.bpfPinPath)
+	}
+	c, err = parseFlags([]string{"--hostname-override", "n", "--bpf-socket-lb", "--bpf-cgroup-path", "/sys/fs/cgroup/unified/x", "--bpf-pin-path", "/run/bpf/sy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.bpfSocketLB || c.bpfCgroupPath != "/sys/fs/cgroup/unified/x" || c.bpfPinPath != "/run/bpf/sy" {
+		t.Errorf("flags: socket LB %v, cgroup %q, pin path %q", c.bpfSocketLB, c.bpfCgroupPath, c.bpfPinPath)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/ebpf"
 )
 
 type fakePart struct {
@@ -35,5 +36,16 @@ func TestRepairSources(t *testing.T) {
 		if srcs[i].Dataplane != want.name || srcs[i].Repairs() != want.n {
 			t.Errorf("source %d: %s %d, want %s %d", i, srcs[i].Dataplane, srcs[i].Repairs(), want.name, want.n)
 		}
+	}
+}
+
+// The socket load balancer counts its repairs too: it is found inside the
+// agent's chain, under its name.
+func TestRepairSourcesSocketLB(t *testing.T) {
+	lb := ebpf.NewForCleanup(ebpf.Config{})
+	dp := dataplane.Chain{&fakePart{name: "nftables"}, lb, &fakePart{name: "conntrack"}}
+	srcs := repairSources(dp)
+	if len(srcs) != 1 || srcs[0].Dataplane != "socketlb" || srcs[0].Repairs() != 0 {
+		t.Errorf("sources %+v, want socketlb with 0 repairs", srcs)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"github.com/vishvananda/netns"
@@ -11,6 +12,7 @@ import (
 	"github.com/switchyard/switchyard/agentapi"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/dataplane/metrics"
+	"github.com/switchyard/switchyard/ebpf"
 	"github.com/switchyard/switchyard/ipvs"
 )
 
@@ -157,4 +159,61 @@ func conntrackMetrics(idx *agentapi.FlowIndex, flows []agentapi.Flow) ([]metrics
 		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Frontend, b.Frontend), cmp.Compare(a.Backend, b.Backend))
 	})
 	return entries, out
+}
+
+// socketLBReader reads the socket load balancer's per-backend connection
+// counts (one pass over a BPF map) into cache, attributed to the Service
+// ports whose endpoints the backends are (bpfConnectionMetrics). It runs
+// in the metrics refresher, never on a scrape.
+func socketLBReader(lb agentapi.SocketLB, view func(func(*dataplane.State)), cache *metrics.Cache[[]metrics.BPFConnections]) metrics.RefreshFunc {
+	return metrics.RefreshFunc{Name: "socket-lb", Read: func(context.Context) error {
+		conns, err := lb.Connections()
+		if err != nil {
+			return fmt.Errorf("read socket-LB connection counts: %w", err)
+		}
+		synced := false
+		var out []metrics.BPFConnections
+		view(func(st *dataplane.State) {
+			if st != nil {
+				synced = true
+				out = bpfConnectionMetrics(st, conns)
+			}
+		})
+		if synced {
+			cache.Store(out)
+		}
+		return nil
+	}}
+}
+
+// bpfConnectionMetrics attributes the counts to the TCP Service ports of
+// st whose endpoints the backends are (a backend of several ports counts
+// under each; one of none, such as a removed endpoint still holding
+// connections, under Service ""), in a stable order.
+func bpfConnectionMetrics(st *dataplane.State, conns []ebpf.BackendConnections) []metrics.BPFConnections {
+	ports := map[netip.AddrPort][]string{}
+	for _, name := range st.SortedServicePorts() {
+		if name.Protocol != dataplane.TCP {
+			continue
+		}
+		for _, e := range st.Endpoints[name] {
+			if !slices.Contains(ports[e.Addr], name.String()) {
+				ports[e.Addr] = append(ports[e.Addr], name.String())
+			}
+		}
+	}
+	var out []metrics.BPFConnections
+	for _, c := range conns {
+		names := ports[c.Backend]
+		if len(names) == 0 {
+			names = []string{""}
+		}
+		for _, n := range names {
+			out = append(out, metrics.BPFConnections{Service: n, Backend: c.Backend.String(), Direction: string(c.Direction), Count: c.Count})
+		}
+	}
+	slices.SortFunc(out, func(a, b metrics.BPFConnections) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), cmp.Compare(a.Backend, b.Backend), cmp.Compare(a.Direction, b.Direction))
+	})
+	return out
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -9,6 +11,7 @@ import (
 	"github.com/switchyard/switchyard/conntrack"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/dataplane/metrics"
+	"github.com/switchyard/switchyard/ebpf"
 	"github.com/switchyard/switchyard/ipvs"
 )
 
@@ -74,5 +77,76 @@ func TestConntrackMetrics(t *testing.T) {
 	}
 	if !reflect.DeepEqual(conns, wantConns) {
 		t.Errorf("connections:\n got %+v\nwant %+v", conns, wantConns)
+	}
+}
+
+func TestBPFConnectionMetrics(t *testing.T) {
+	st := dataplane.NewState()
+	port := func(ns, name, p string, proto dataplane.Protocol) dataplane.ServicePortName {
+		return dataplane.ServicePortName{ServiceName: dataplane.ServiceName{Namespace: ns, Name: name}, Port: p, Protocol: proto}
+	}
+	web, alt, dns := port("demo", "web", "http", dataplane.TCP), port("demo", "alt", "", dataplane.TCP), port("demo", "dns", "dns", dataplane.UDP)
+	ep := func(a string) dataplane.Endpoint {
+		return dataplane.Endpoint{Addr: netip.MustParseAddrPort(a), Ready: true}
+	}
+	for _, n := range []dataplane.ServicePortName{web, alt, dns} {
+		st.Services[n] = &dataplane.ServicePort{Name: n, Port: 80}
+	}
+	st.Endpoints[web] = []dataplane.Endpoint{ep("10.244.1.2:8080"), ep("10.244.1.3:8080")}
+	st.Endpoints[alt] = []dataplane.Endpoint{ep("10.244.1.3:8080")}
+	st.Endpoints[dns] = []dataplane.Endpoint{ep("10.244.1.4:53")}
+	conns := []ebpf.BackendConnections{
+		{Backend: netip.MustParseAddrPort("10.244.1.2:8080"), Direction: ebpf.Out, Count: 2},
+		{Backend: netip.MustParseAddrPort("10.244.1.2:8080"), Direction: ebpf.In, Count: 1},
+		{Backend: netip.MustParseAddrPort("10.244.1.3:8080"), Direction: ebpf.Out, Count: 4},
+		// A UDP endpoint's address counts under no port: sockops counts
+		// TCP only, so this is some other TCP server there.
+		{Backend: netip.MustParseAddrPort("10.244.1.4:53"), Direction: ebpf.Out, Count: 1},
+		{Backend: netip.MustParseAddrPort("10.244.9.9:8080"), Direction: ebpf.Out, Count: 0},
+	}
+	got := bpfConnectionMetrics(st, conns)
+	want := []metrics.BPFConnections{
+		{Service: "", Backend: "10.244.1.4:53", Direction: "out", Count: 1},
+		{Service: "", Backend: "10.244.9.9:8080", Direction: "out", Count: 0},
+		{Service: "demo/alt:tcp", Backend: "10.244.1.3:8080", Direction: "out", Count: 4},
+		{Service: "demo/web:http/tcp", Backend: "10.244.1.2:8080", Direction: "in", Count: 1},
+		{Service: "demo/web:http/tcp", Backend: "10.244.1.2:8080", Direction: "out", Count: 2},
+		{Service: "demo/web:http/tcp", Backend: "10.244.1.3:8080", Direction: "out", Count: 4},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+}
+
+type fakeSocketLB struct {
+	conns []ebpf.BackendConnections
+	err   error
+}
+
+func (f *fakeSocketLB) Connections() ([]ebpf.BackendConnections, error) { return f.conns, f.err }
+func (f *fakeSocketLB) Sockets() ([]ebpf.Socket, error)                 { return nil, f.err }
+
+// The reader stores nothing before the first sync, the attributed counts
+// after, and keeps them when the kernel cannot be read.
+func TestSocketLBReader(t *testing.T) {
+	web := dataplane.ServicePortName{ServiceName: dataplane.ServiceName{Namespace: "demo", Name: "web"}, Port: "http", Protocol: dataplane.TCP}
+	var st *dataplane.State
+	view := func(f func(*dataplane.State)) { f(st) }
+	lb := &fakeSocketLB{conns: []ebpf.BackendConnections{{Backend: netip.MustParseAddrPort("10.244.1.2:8080"), Direction: ebpf.Out, Count: 3}}}
+	cache := &metrics.Cache[[]metrics.BPFConnections]{}
+	read := socketLBReader(lb, view, cache)
+	if err := read.Read(context.Background()); err != nil || cache.Load() != nil {
+		t.Fatalf("before the first sync: %v, cache %+v; want no error, nothing stored", err, cache.Load())
+	}
+	st = dataplane.NewState()
+	st.Services[web] = &dataplane.ServicePort{Name: web, Port: 80}
+	st.Endpoints[web] = []dataplane.Endpoint{{Addr: netip.MustParseAddrPort("10.244.1.2:8080"), Ready: true}}
+	want := []metrics.BPFConnections{{Service: "demo/web:http/tcp", Backend: "10.244.1.2:8080", Direction: "out", Count: 3}}
+	if err := read.Read(context.Background()); err != nil || !reflect.DeepEqual(cache.Load(), want) {
+		t.Fatalf("after a sync: %v, cache %+v; want %+v", err, cache.Load(), want)
+	}
+	lb.err = errors.New("bad map")
+	if err := read.Read(context.Background()); err == nil || !reflect.DeepEqual(cache.Load(), want) {
+		t.Errorf("read error: %v, cache %+v; want the error and the last values kept", err, cache.Load())
 	}
 }

@@ -68,6 +68,14 @@ type Agent struct {
 	// Manifests is the --manifests directory; StateDir is --state-dir.
 	Manifests string
 	StateDir  string
+	// PinPath is --bpf-pin-path: by default a private directory on no
+	// bpf file system, so --cleanup never touches the pins of a real
+	// agent on the machine (BPF pins and cgroups are not per network
+	// namespace). A socket-LB test points it into its own bpffs.
+	PinPath string
+	// ExtraArgs are appended to the agent's flags, for every start and
+	// every --cleanup (e.g. --bpf-socket-lb); set them before Start.
+	ExtraArgs []string
 	runs      []*Run
 	cleanups  []string // output of each --cleanup run
 }
@@ -79,7 +87,7 @@ type Agent struct {
 // cleanup runs before the topology's.
 func (e *Env) NewAgent(t *testing.T) *Agent {
 	t.Helper()
-	a := &Agent{t: t, env: e, Manifests: t.TempDir(), StateDir: t.TempDir()}
+	a := &Agent{t: t, env: e, Manifests: t.TempDir(), StateDir: t.TempDir(), PinPath: filepath.Join(t.TempDir(), "bpf")}
 	// Registered first so it runs last, after the checks below, even if
 	// one of them stops its cleanup function with t.Fatal.
 	t.Cleanup(func() {
@@ -120,6 +128,7 @@ func (a *Agent) args() []string {
 		"--hostname-override", a.env.NodeName,
 		"--state-dir", a.StateDir,
 		"--api-socket", filepath.Join(a.StateDir, "api.sock"),
+		"--bpf-pin-path", a.PinPath,
 		"-v=2",
 	}
 	if len(a.env.NodeIPs) > 0 {
@@ -129,7 +138,8 @@ func (a *Agent) args() []string {
 		}
 		args = append(args, "--node-ip", strings.Join(ips, ","))
 	}
-	return append(args, a.env.DP.Args()...)
+	args = append(args, a.env.DP.Args()...)
+	return append(args, a.ExtraArgs...)
 }
 
 // Start runs the agent in the node's namespace and waits until it logged

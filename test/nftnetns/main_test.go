@@ -79,8 +79,10 @@ func probeNFTables(t *testing.T) {
 	defer cancel()
 	ns := netnstest.New(t, "sy-probe")
 	var out bytes.Buffer
+	// A private --bpf-pin-path: BPF pins are not per network namespace,
+	// and --cleanup must not touch those of a real agent on the machine.
 	cmd := exec.CommandContext(ctx, agentBin, "--dataplane", "nftables", "--cleanup", "--hostname-override", "probe",
-		"--state-dir", t.TempDir())
+		"--state-dir", t.TempDir(), "--bpf-pin-path", filepath.Join(t.TempDir(), "bpf"))
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := ns.Do(cmd.Start)
 	if err == nil {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -116,6 +118,14 @@ func TestPartialSyncWritesOnlyTheChange(t *testing.T) {
 func TestUnsupportedIsReported(t *testing.T) {
 	if _, err := New(Config{CgroupPath: "/nonexistent/cgroup"}); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("New on a missing cgroup: %v, want ErrUnsupported", err)
+	}
+	// A failed attach leaves no pins behind it created.
+	pin := filepath.Join(netnstest.NewBPFFS(t), "switchyard")
+	if _, err := New(Config{CgroupPath: "/nonexistent/cgroup", PinPath: pin}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("New on a missing cgroup: %v, want ErrUnsupported", err)
+	}
+	if entries, err := os.ReadDir(pin); err == nil && len(entries) > 0 {
+		t.Errorf("pins left after a failed New: %v", entries)
 	}
 	if err := Probe(); err != nil {
 		t.Errorf("Probe on this kernel: %v", err)

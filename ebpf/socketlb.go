@@ -83,13 +83,20 @@ func New(cfg Config) (*SocketLB, error) {
 		}
 		cfg.CgroupPath = root
 	}
+	// Pins of an earlier agent serve its links; pins this call creates
+	// are removed again if attaching fails.
+	fresh := cfg.PinPath != "" && !pinned(cfg.PinPath)
 	objs, err := loadObjects(cfg.PinPath)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
 	s := &SocketLB{cfg: cfg, objs: objs}
 	if err := s.attach(); err != nil {
-		s.Close()
+		if fresh {
+			s.Cleanup(context.Background())
+		} else {
+			s.Close()
+		}
 		return nil, err
 	}
 	return s, nil
@@ -269,4 +276,10 @@ func interfaceAddrs() ([]netip.Addr, error) {
 		out = append(out, p.Addr().Unmap())
 	}
 	return out, nil
+}
+
+// pinned reports whether dir holds anything an earlier agent pinned.
+func pinned(dir string) bool {
+	entries, err := os.ReadDir(dir)
+	return err == nil && len(entries) > 0
 }

@@ -52,4 +52,13 @@ test-demo:
 bench-sync:
 	$(GO) test -run '^$$' -bench 'Desired|OneEndpointChange' -benchtime 20x ./ipvs/ ./nftables/ 2>&1 | grep -v '^[EIW][0-9]'
 
+# Socket LB against direct pod IPs and nftables DNAT, same backends, one
+# run (test/socklbbench, real kernel, needs root): connect rate and
+# request/reply throughput, paths interleaved, 8 rounds; then medians and
+# ratios to direct (goal: socketlb >= 0.98x). About two minutes.
+bench-ebpf:
+	out=$$(mktemp); trap 'rm -f "$$out"' EXIT; \
+	$(GO) test -run '^$$' -bench 'SocketLB' -benchtime 1x -timeout 10m ./test/socklbbench/ -socklb.rounds 8 2>&1 | grep -v '^[EIW][0-9]' | tee "$$out"; \
+	$(GO) run ./test/socklbbench/cmd/summary < "$$out"
+
 test: test-unit test-demo test-vm

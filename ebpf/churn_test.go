@@ -34,7 +34,7 @@ func TestChurnNeverExposesHalfWrittenService(t *testing.T) {
 	var requests atomic.Int64
 	go func() {
 		defer close(done)
-		for requests.Load() < 3000 {
+		for requests.Load() < 100000 {
 			select {
 			case <-stop:
 				return
@@ -52,12 +52,12 @@ func TestChurnNeverExposesHalfWrittenService(t *testing.T) {
 			requests.Add(1)
 		}
 	}()
-	// Flip until the client has made 300 connects (bounded in flips and
-	// time).
+	// Flip until there were 300 flips and the client has made 300
+	// connects (bounded in flips and time).
 	var syncErr error
 	flips := 0
 	deadline := time.Now().Add(30 * time.Second)
-	for ; flips < 100000 && requests.Load() < 300 && time.Now().Before(deadline) && syncErr == nil; flips++ {
+	for ; flips < 100000 && (flips < 300 || requests.Load() < 300) && time.Now().Before(deadline) && syncErr == nil; flips++ {
 		i := flips
 		var eps []dataplane.Endpoint
 		for _, a := range sets[i%len(sets)] {
@@ -73,7 +73,7 @@ func TestChurnNeverExposesHalfWrittenService(t *testing.T) {
 	if syncErr != nil {
 		t.Fatal(syncErr)
 	}
-	if requests.Load() < 300 {
+	if requests.Load() < 300 || flips < 300 {
 		t.Fatalf("only %d connects during %d flips", requests.Load(), flips)
 	}
 	t.Logf("%d connects during %d endpoint flips, all answered", requests.Load(), flips)

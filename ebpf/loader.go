@@ -37,13 +37,18 @@ var attachments = []attachment{
 // already pinned by an earlier agent are reused, which keeps the services,
 // affinity and counters across restarts. A pinned map whose definition no
 // longer matches (an upgrade changed it) is replaced.
-func loadObjects(pinDir string) (*socklbObjects, error) {
+func loadObjects(pinDir string, countConnections bool) (*socklbObjects, error) {
 	if err := removeMemlock(); err != nil {
 		return nil, err
 	}
 	spec, err := loadSocklb()
 	if err != nil {
 		return nil, err
+	}
+	if !countConnections {
+		if err := spec.Variables["count_connections"].Set(uint8(0)); err != nil {
+			return nil, fmt.Errorf("configure socket-LB programs: %w", err)
+		}
 	}
 	opts := &cebpf.CollectionOptions{}
 	if pinDir != "" {
@@ -83,7 +88,7 @@ func loadObjects(pinDir string) (*socklbObjects, error) {
 // and unloads them again, attaching nothing: nil means this kernel can run
 // the socket LB. Errors wrap ErrUnsupported.
 func Probe() error {
-	objs, err := loadObjects("")
+	objs, err := loadObjects("", true)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}

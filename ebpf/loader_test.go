@@ -11,7 +11,7 @@ func TestProgramsPassVerifier(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("loading BPF programs needs root")
 	}
-	objs, err := loadObjects("")
+	objs, err := loadObjects("", true)
 	if err != nil {
 		t.Fatal(err)
 	}

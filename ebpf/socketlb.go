@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -35,6 +36,10 @@ type Config struct {
 	// translate; State.NodeIPs are added to them. Nil means every address
 	// on the interfaces of the caller's network namespace.
 	NodeAddresses func() ([]netip.Addr, error)
+	// NoConnectionCounting leaves the sockops program out: no
+	// per-backend counts or socket records (Connections and Sockets
+	// return nothing), and connects are cheaper (see make bench-ebpf).
+	NoConnectionCounting bool
 }
 
 // ErrUnsupported wraps every error that means this kernel (or machine)
@@ -86,7 +91,7 @@ func New(cfg Config) (*SocketLB, error) {
 	// Pins of an earlier agent serve its links; pins this call creates
 	// are removed again if attaching fails.
 	fresh := cfg.PinPath != "" && !pinned(cfg.PinPath)
-	objs, err := loadObjects(cfg.PinPath)
+	objs, err := loadObjects(cfg.PinPath, !cfg.NoConnectionCounting)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
@@ -98,6 +103,16 @@ func New(cfg Config) (*SocketLB, error) {
 			s.Close()
 		}
 		return nil, err
+	}
+	if cfg.NoConnectionCounting {
+		// Counts of an earlier agent that counted would go stale now
+		// (its sockops link is detached by attach).
+		for _, m := range []*cebpf.Map{objs.ConnCounts, objs.SockRecords} {
+			if err := clearMap(m); err != nil {
+				s.Close()
+				return nil, fmt.Errorf("clear connection counts: %w", err)
+			}
+		}
 	}
 	return s, nil
 }
@@ -129,6 +144,15 @@ func (s *SocketLB) attach() error {
 	}
 	for _, a := range attachments {
 		prog := a.prog(s.objs)
+		if a.attach == cebpf.AttachCGroupSockOps && s.cfg.NoConnectionCounting {
+			if linkDir != "" {
+				// Counting was on before this restart: stop it.
+				if err := ignoreNotExist(unpinAndDetach(filepath.Join(linkDir, a.name))); err != nil {
+					return fmt.Errorf("detach %s: %w", a.name, err)
+				}
+			}
+			continue
+		}
 		if linkDir != "" {
 			l, err := reusePinnedLink(filepath.Join(linkDir, a.name), cgID, a.attach, prog)
 			if err != nil {
@@ -234,13 +258,7 @@ func cleanupPinned(dir string) error {
 		errs = append(errs, err)
 	}
 	for _, e := range entries {
-		path := filepath.Join(linkDir, e.Name())
-		l, err := link.LoadPinnedLink(path, nil)
-		if err == nil {
-			errs = append(errs, ignoreNotSupported(l.Detach()))
-			l.Close()
-		}
-		errs = append(errs, ignoreNotExist(os.Remove(path)))
+		errs = append(errs, ignoreNotExist(unpinAndDetach(filepath.Join(linkDir, e.Name()))))
 	}
 	errs = append(errs, ignoreNotExist(os.RemoveAll(dir)))
 	return errors.Join(errs...)
@@ -282,4 +300,36 @@ func interfaceAddrs() ([]netip.Addr, error) {
 func pinned(dir string) bool {
 	entries, err := os.ReadDir(dir)
 	return err == nil && len(entries) > 0
+}
+
+// unpinAndDetach detaches the link pinned at path and removes the pin.
+func unpinAndDetach(path string) error {
+	var errs []error
+	l, err := link.LoadPinnedLink(path, nil)
+	if err == nil {
+		errs = append(errs, ignoreNotSupported(l.Detach()))
+		l.Close()
+	}
+	errs = append(errs, os.Remove(path))
+	return errors.Join(errs...)
+}
+
+// clearMap deletes every entry of m.
+func clearMap(m *cebpf.Map) error {
+	var keys [][]byte
+	var k []byte
+	var v []byte
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		keys = append(keys, slices.Clone(k))
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, cebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
 }

@@ -547,3 +547,48 @@ func TestFullSyncRepairsDeletedEntries(t *testing.T) {
 	}
 	e.request(t, "tcp", hostPort(clusterIP4, 80))
 }
+
+// TestWithoutConnectionCounting: sockops left out, translation and
+// getpeername still work (the reverse translation lives in revnat), no
+// counts; a restart that turns counting off detaches the pinned sockops
+// link.
+func TestWithoutConnectionCounting(t *testing.T) {
+	e := newEnv(t)
+	pin := filepath.Join(netnstest.NewBPFFS(t), "switchyard")
+	st := dataplane.NewState()
+	service(st, "web", dataplane.TCP, 80, []netip.Addr{clusterIP4, clusterIP6}, e.backendIPs)
+	lb := e.newLB(t, pin)
+	syncFull(t, lb, st)
+	e.request(t, "tcp", hostPort(clusterIP4, 80))
+	if err := lb.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	lb2, err := New(Config{CgroupPath: e.cg.Path, PinPath: pin, NoConnectionCounting: true,
+		NodeAddresses: func() ([]netip.Addr, error) { return e.nodeAddrs, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lb2.Cleanup(context.Background()) })
+	syncFull(t, lb2, st)
+	if _, err := os.Stat(filepath.Join(pin, "links", "sockops_count")); !os.IsNotExist(err) {
+		t.Errorf("sockops link still pinned with counting off: %v", err)
+	}
+	for _, vip := range []netip.Addr{clusterIP4, clusterIP6} {
+		if got := e.ids(t, "tcp", hostPort(vip, 80), 30); len(got) != 3 {
+			t.Errorf("%s without counting reached %v, want three backends", vip, got)
+		}
+	}
+	c, err := netnstest.Dial(e.client, "tcp", hostPort(clusterIP4, 80), 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := netnstest.Exchange(c, "x", 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := counts(t, lb2); len(got) != 0 {
+		t.Errorf("counts with counting off: %v", got)
+	}
+}

@@ -41,6 +41,12 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define SERVICE_AFFINITY 1 // service.flags: ClientIP session affinity
 
+// count_connections is set by the loader: 0 when sockops is not attached
+// (connection counting off), so translated TCP sockets keep their reverse
+// translation in revnat, which evicts, rather than in sock_records, which
+// only sockops cleans up.
+volatile const __u8 count_connections = 1;
+
 struct l4addr {
 	__u8 addr[16];
 	__u16 port;
@@ -99,8 +105,12 @@ struct udp_flow {
 	__u32 svc_id;
 };
 
-// sock_record describes one counted established TCP socket, keyed by its
-// socket cookie: what the rebalancer chooses from.
+// sock_record describes one TCP socket, keyed by its socket cookie: a
+// socket connect4/6 translated from the connect on (established_ns 0
+// until it is established), and every counted established socket: what
+// getpeername reverses and what the rebalancer chooses from. Keeping the
+// translation here rather than in socket storage (whose first use
+// allocates, ~1.5 us) makes the connect path one hash insert.
 struct sock_record {
 	struct l4addr local;
 	struct l4addr remote;
@@ -240,15 +250,18 @@ static __always_inline void get_v6(__u8 *addr, const __u32 *ip6)
 // pick_backend chooses a backend of svc_id for the client namespace
 // netns: the affinity entry while it is fresh and its backend still
 // exists, else a random slot (slots repeat a backend by its weight).
-static __always_inline __u32 pick_backend(__u32 svc_id, struct service *svc, __u64 netns,
+static __always_inline __u32 pick_backend(void *ctx, __u32 svc_id, struct service *svc,
 					  struct backend **out)
 {
-	struct affinity_key akey = {.netns_cookie = netns, .svc_id = svc_id};
-	__u64 now = bpf_ktime_get_ns();
+	struct affinity_key akey = {.svc_id = svc_id};
+	__u64 now = 0;
 	struct backend *be;
 	__u32 id;
 
+	// Clock and namespace cookie only for affinity: connect is the hot path.
 	if (svc->flags & SERVICE_AFFINITY) {
+		akey.netns_cookie = bpf_get_netns_cookie(ctx);
+		now = bpf_ktime_get_ns();
 		struct affinity_value *av = bpf_map_lookup_elem(&affinity, &akey);
 		if (av && now - av->last_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
 			be = bpf_map_lookup_elem(&backends, &av->backend_id);
@@ -282,7 +295,7 @@ static __always_inline __u32 pick_backend(__u32 svc_id, struct service *svc, __u
 
 // lookup_service finds the service behind dst, trying NodePorts on the
 // node's own addresses after exact frontends.
-static __always_inline __u32 lookup_service(struct l4addr *dst, struct service **svc)
+static __always_inline __u32 lookup_service(struct l4addr *dst, struct service *svc)
 {
 	__u32 *id = bpf_map_lookup_elem(&frontends, dst);
 	if (!id) {
@@ -301,9 +314,12 @@ static __always_inline __u32 lookup_service(struct l4addr *dst, struct service *
 	}
 	__u32 svc_id = *id;
 	struct service *s = bpf_map_lookup_elem(&services, &svc_id);
-	if (!s || s->count == 0)
+	if (!s)
 		return 0;
-	*svc = s;
+	// Copy at once: the agent's next update may recycle the element.
+	*svc = *s;
+	if (svc->count == 0)
+		return 0;
 	return svc_id;
 }
 
@@ -311,19 +327,19 @@ static __always_inline __u32 lookup_service(struct l4addr *dst, struct service *
 // translation for this socket. For UDP sendmsg (pin_flow) the socket keeps
 // its backend per frontend, as a conntrack entry would for its 5-tuple.
 // It returns 0 when dst stays as it is.
-static __always_inline int translate(void *ctx, struct l4addr *dst, int want_v4, int pin_flow)
+static __always_inline int translate(struct bpf_sock_addr *ctx, struct l4addr *dst, int want_v4, int pin_flow)
 {
-	struct service *svc = 0;
+	struct service svc;
 	struct backend *be = 0;
 	__u32 svc_id, be_id = 0;
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct sock_key fkey = {.cookie = cookie};
+	struct sock_key fkey = {};
 
 	svc_id = lookup_service(dst, &svc);
-	if (!svc_id || !svc)
+	if (!svc_id)
 		return 0;
 
 	if (pin_flow) {
+		fkey.cookie = bpf_get_socket_cookie(ctx);
 		fkey.peer = *dst;
 		fkey.peer.tag = 0;
 		struct udp_flow *fl = bpf_map_lookup_elem(&udp_flows, &fkey);
@@ -335,7 +351,7 @@ static __always_inline int translate(void *ctx, struct l4addr *dst, int want_v4,
 		}
 	}
 	if (!be_id)
-		be_id = pick_backend(svc_id, svc, bpf_get_netns_cookie(ctx), &be);
+		be_id = pick_backend(ctx, svc_id, &svc, &be);
 	if (!be_id || !be)
 		return 0;
 	if (want_v4 && !is_v4(be->addr.addr))
@@ -345,13 +361,27 @@ static __always_inline int translate(void *ctx, struct l4addr *dst, int want_v4,
 		bpf_map_update_elem(&udp_flows, &fkey, &fl, BPF_ANY);
 	}
 
-	struct sock_key rkey = {.cookie = cookie};
-	rkey.peer = be->addr;
-	rkey.peer.proto = dst->proto;
-	rkey.peer.tag = 0;
-	struct revnat_value rv = {.frontend = *dst, .svc_id = svc_id};
-	rv.frontend.tag = 0;
-	bpf_map_update_elem(&revnat, &rkey, &rv, BPF_ANY);
+	if (dst->proto == PROTO_TCP && count_connections) {
+		// sockops completes the record when the connection is
+		// established and deletes it when the socket closes (or the
+		// connect fails).
+		__u64 cookie = bpf_get_socket_cookie(ctx);
+		struct sock_record rec = {.frontend = *dst, .remote = be->addr, .svc_id = svc_id, .dir = DIR_OUT};
+		rec.frontend.tag = 0;
+		rec.remote.proto = PROTO_TCP;
+		rec.remote.tag = 0;
+		bpf_map_update_elem(&sock_records, &cookie, &rec, BPF_ANY);
+	} else {
+		if (!pin_flow)
+			fkey.cookie = bpf_get_socket_cookie(ctx);
+		struct sock_key rkey = {.cookie = fkey.cookie};
+		rkey.peer = be->addr;
+		rkey.peer.proto = dst->proto;
+		rkey.peer.tag = 0;
+		struct revnat_value rv = {.frontend = *dst, .svc_id = svc_id};
+		rv.frontend.tag = 0;
+		bpf_map_update_elem(&revnat, &rkey, &rv, BPF_ANY);
+	}
 
 	*dst = be->addr;
 	return 1;
@@ -401,9 +431,27 @@ static __always_inline int sock6_forward(struct bpf_sock_addr *ctx, int pin_flow
 }
 
 // reverse rewrites a backend peer back to the frontend the socket asked for.
-static __always_inline int reverse(void *ctx, struct l4addr *peer)
+static __always_inline int same_l4(const struct l4addr *a, const struct l4addr *b)
 {
-	struct sock_key key = {.cookie = bpf_get_socket_cookie(ctx)};
+	__u64 a0, a1, b0, b1;
+	__builtin_memcpy(&a0, a->addr, 8);
+	__builtin_memcpy(&a1, a->addr + 8, 8);
+	__builtin_memcpy(&b0, b->addr, 8);
+	__builtin_memcpy(&b1, b->addr + 8, 8);
+	return a0 == b0 && a1 == b1 && a->port == b->port && a->proto == b->proto;
+}
+
+static __always_inline int reverse(struct bpf_sock_addr *ctx, struct l4addr *peer)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	if (peer->proto == PROTO_TCP && count_connections) {
+		struct sock_record *rec = bpf_map_lookup_elem(&sock_records, &cookie);
+		if (!rec || !rec->svc_id || !same_l4(&rec->remote, peer))
+			return 0;
+		*peer = rec->frontend;
+		return 1;
+	}
+	struct sock_key key = {.cookie = cookie};
 	key.peer = *peer;
 	struct revnat_value *rv = bpf_map_lookup_elem(&revnat, &key);
 	if (!rv)
@@ -494,42 +542,58 @@ static __always_inline void sockops_addrs(struct bpf_sock_ops *skops, struct l4a
 	remote->proto = PROTO_TCP;
 }
 
+static __always_inline void count(struct l4addr *key, __s64 delta)
+{
+	__u64 *n = bpf_map_lookup_elem(&conn_counts, key);
+	if (!n) {
+		if (delta < 0)
+			return;
+		__u64 zero = 0;
+		bpf_map_update_elem(&conn_counts, key, &zero, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&conn_counts, key);
+		if (!n)
+			return;
+	}
+	if (delta < 0 && *n == 0)
+		return;
+	__sync_fetch_and_add(n, delta);
+}
+
 static __always_inline void count_established(struct bpf_sock_ops *skops, __u8 dir)
 {
 	struct sock_record rec = {.dir = dir};
+	struct sock_record *pending = 0;
 	struct l4addr key;
 	__u64 cookie = bpf_get_socket_cookie(skops);
 
 	sockops_addrs(skops, &rec.local, &rec.remote);
-	key = dir == DIR_OUT ? rec.remote : rec.local;
-	key.tag = 0;
-	if (!bpf_map_lookup_elem(&backend_addrs, &key))
-		return;
-
 	if (dir == DIR_OUT) {
-		struct sock_key rkey = {.cookie = cookie, .peer = rec.remote};
-		struct revnat_value *rv = bpf_map_lookup_elem(&revnat, &rkey);
-		if (rv) {
-			rec.frontend = rv->frontend;
-			rec.svc_id = rv->svc_id;
-		}
+		key = rec.remote;
+		pending = bpf_map_lookup_elem(&sock_records, &cookie);
+	} else {
+		key = rec.local;
 	}
-	rec.established_ns = bpf_ktime_get_ns();
-	rec.netns_cookie = bpf_get_netns_cookie(skops);
-	if (bpf_map_update_elem(&sock_records, &cookie, &rec, BPF_NOEXIST))
-		return; // already counted, or the table is full: stay exact
-
+	key.tag = 0;
+	if (pending) {
+		// Translated by connect4/6: complete the record in place.
+		if (pending->established_ns || !same_l4(&pending->remote, &key))
+			return;
+		pending->local = rec.local;
+		pending->netns_cookie = bpf_get_netns_cookie(skops);
+		pending->established_ns = bpf_ktime_get_ns();
+	} else {
+		// Any other connection to or from a backend.
+		if (!bpf_map_lookup_elem(&backend_addrs, &key))
+			return;
+		rec.established_ns = bpf_ktime_get_ns();
+		rec.netns_cookie = bpf_get_netns_cookie(skops);
+		if (bpf_map_update_elem(&sock_records, &cookie, &rec, BPF_NOEXIST))
+			return; // the table is full: stay exact, count nothing
+		// Ask for state changes so the close is seen.
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	}
 	key.tag = dir;
-	__u64 *n = bpf_map_lookup_elem(&conn_counts, &key);
-	if (!n) {
-		__u64 zero = 0;
-		bpf_map_update_elem(&conn_counts, &key, &zero, BPF_NOEXIST);
-		n = bpf_map_lookup_elem(&conn_counts, &key);
-	}
-	if (n)
-		__sync_fetch_and_add(n, 1);
-	// Ask for state changes so the close is seen.
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	count(&key, 1);
 }
 
 static __always_inline void count_closed(struct bpf_sock_ops *skops)
@@ -538,12 +602,25 @@ static __always_inline void count_closed(struct bpf_sock_ops *skops)
 	struct sock_record *rec = bpf_map_lookup_elem(&sock_records, &cookie);
 	if (!rec)
 		return;
-	struct l4addr key = rec->dir == DIR_OUT ? rec->remote : rec->local;
-	key.tag = rec->dir;
-	__u64 *n = bpf_map_lookup_elem(&conn_counts, &key);
-	if (n && *n > 0)
-		__sync_fetch_and_add(n, -1);
+	if (rec->established_ns) {
+		struct l4addr key;
+		if (rec->dir == DIR_OUT)
+			key = rec->remote;
+		else
+			key = rec->local;
+		key.tag = rec->dir;
+		count(&key, -1);
+	}
 	bpf_map_delete_elem(&sock_records, &cookie);
+}
+
+// watch_translated asks for state changes of a socket connect4/6
+// translated, so its record goes when the connect fails too.
+static __always_inline void watch_translated(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	if (bpf_map_lookup_elem(&sock_records, &cookie))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 SEC("sockops")
@@ -552,6 +629,9 @@ int sockops_count(struct bpf_sock_ops *skops)
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 1;
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		watch_translated(skops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 		count_established(skops, DIR_OUT);
 		break;

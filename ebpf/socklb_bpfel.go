@@ -110,6 +110,7 @@ const (
 	socklbProgSock6Recvmsg     = "sock6_recvmsg"
 	socklbProgSock6Sendmsg     = "sock6_sendmsg"
 	socklbProgSockopsCount     = "sockops_count"
+	socklbVarCountConnections  = "count_connections"
 )
 
 // loadSocklb returns the embedded CollectionSpec for socklb.
@@ -186,6 +187,7 @@ type socklbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type socklbVariableSpecs struct {
+	CountConnections *ebpf.VariableSpec `ebpf:"count_connections"`
 }
 
 // socklbObjects contains all objects after they have been loaded into the kernel.
@@ -241,6 +243,7 @@ func (m *socklbMaps) Close() error {
 //
 // It can be passed to loadSocklbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type socklbVariables struct {
+	CountConnections *ebpf.Variable `ebpf:"count_connections"`
 }
 
 // socklbPrograms contains all programs after they have been loaded into the kernel.

@@ -6,12 +6,18 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	cebpf "github.com/cilium/ebpf"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dataplane"
 )
+
+// rcuGrace is how long entries stay after the last reference to them is
+// gone, for programs that are mid-lookup (a few microseconds; far more
+// under a preempted vCPU).
+const rcuGrace = 5 * time.Millisecond
 
 // kernelState is what the maps hold (the translation part; the LRU maps
 // and counters belong to the programs).
@@ -267,31 +273,52 @@ func (s *SocketLB) apply(w *writer, want *desiredState) error {
 			delete(k.frontends, f)
 		}
 	}
+	// What no lookup starting from now can reach: services whose
+	// frontends are gone, slots of older generations, backends in no
+	// current slot. A program that read the old entries a moment ago may
+	// still follow them (it runs under RCU, in microseconds): delete
+	// only after a grace period, so it never meets a dangling reference
+	// and falls through mid-flip.
+	var staleServices []uint32
+	var staleSlots []socklbSlotKey
+	var staleBackends []uint32
 	for id := range k.services {
 		if !claimed[id] {
-			if err := w.del(o.Services, id); err != nil {
-				return fmt.Errorf("delete service %d: %w", id, err)
-			}
-			delete(k.services, id)
+			staleServices = append(staleServices, id)
 		}
 	}
 	for key := range k.slots {
 		svc, ok := k.services[key.SvcId]
-		if ok && uint32(key.Gen) == svc.Gen && uint32(key.Slot) >= 1 && uint32(key.Slot) <= svc.Count {
+		if ok && claimed[key.SvcId] && uint32(key.Gen) == svc.Gen && uint32(key.Slot) >= 1 && uint32(key.Slot) <= svc.Count {
 			continue
 		}
+		staleSlots = append(staleSlots, key)
+	}
+	for bid := range k.backends {
+		if !keep[bid] {
+			staleBackends = append(staleBackends, bid)
+		}
+	}
+	if len(staleServices)+len(staleSlots)+len(staleBackends) > 0 {
+		time.Sleep(rcuGrace)
+	}
+	for _, id := range staleServices {
+		if err := w.del(o.Services, id); err != nil {
+			return fmt.Errorf("delete service %d: %w", id, err)
+		}
+		delete(k.services, id)
+	}
+	for _, key := range staleSlots {
 		if err := w.del(o.Slots, key); err != nil {
 			return fmt.Errorf("delete slot: %w", err)
 		}
 		delete(k.slots, key)
 	}
-	for bid := range k.backends {
-		if !keep[bid] {
-			if err := w.del(o.Backends, bid); err != nil {
-				return fmt.Errorf("delete backend %d: %w", bid, err)
-			}
-			delete(k.backends, bid)
+	for _, bid := range staleBackends {
+		if err := w.del(o.Backends, bid); err != nil {
+			return fmt.Errorf("delete backend %d: %w", bid, err)
 		}
+		delete(k.backends, bid)
 	}
 	for a := range k.backendAddrs {
 		if _, ok := want.backendAddrs[a]; !ok {

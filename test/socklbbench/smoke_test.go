@@ -65,15 +65,15 @@ func (topo *topology) check(tb testing.TB) {
 					tb.Fatalf("%s: request %d on a persistent connection: %v", p.name, i, err)
 				}
 			}
-			if p.name == "socketlb" {
+			if vip, ok := map[string]string{"socketlb": lbClusterIP, "socketlb-nocount": lbNoCountClusterIP}[p.name]; ok {
 				peer, err := unix.Getpeername(c.fd)
 				if err != nil {
 					tb.Fatal(err)
 				}
 				sa, ok := peer.(*unix.SockaddrInet4)
-				want := netip.AddrPortFrom(netip.MustParseAddr(lbClusterIP), servicePort)
+				want := netip.AddrPortFrom(netip.MustParseAddr(vip), servicePort)
 				if !ok || saString(sa) != want.String() {
-					tb.Errorf("socketlb: getpeername = %#v, want the ClusterIP %s", peer, want)
+					tb.Errorf("%s: getpeername = %#v, want the ClusterIP %s", p.name, peer, want)
 				}
 			}
 		}

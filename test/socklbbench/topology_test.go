@@ -28,10 +28,12 @@ import (
 const (
 	nftClusterIP = "10.96.0.10" // programmed by nftables only
 	lbClusterIP  = "10.96.0.11" // programmed by the socket LB only
-	servicePort  = 80
-	backendPort  = 8080
-	clusterCIDR  = "10.244.0.0/16"
-	nodeOnBe     = "10.244.9.1"
+	// programmed only by the second socket LB, which counts no connections
+	lbNoCountClusterIP = "10.96.0.12"
+	servicePort        = 80
+	backendPort        = 8080
+	clusterCIDR        = "10.244.0.0/16"
+	nodeOnBe           = "10.244.9.1"
 )
 
 var backendAddrs = []string{"10.244.9.10", "10.244.9.11", "10.244.9.12", "10.244.9.13"}
@@ -44,6 +46,7 @@ var clients = []struct{ path, subnet, short string }{
 	{"direct2", "10.244.4", "dir2"},
 	{"nftables", "10.244.2", "nft"},
 	{"socketlb", "10.244.3", "lb"},
+	{"socketlb-nocount", "10.244.5", "lbn"},
 }
 
 const (
@@ -67,8 +70,11 @@ type path struct {
 type topology struct {
 	node, backends  *netnstest.NS
 	plain, lbCgroup *netnstest.Cgroup
+	// lbNoCountCgroup has the socket LB without its sockops program
+	// (Config.NoConnectionCounting).
+	lbNoCountCgroup *netnstest.Cgroup
 	paths           []*path
-	lb              *ebpf.SocketLB
+	lb, lbNoCount   *ebpf.SocketLB
 }
 
 func requireRoot(tb testing.TB) {
@@ -93,6 +99,8 @@ func newTopology(tb testing.TB) *topology {
 	topo := &topology{
 		plain:    netnstest.NewCgroup(tb, "sy-slb-plain"),
 		lbCgroup: netnstest.NewCgroup(tb, "sy-slb-lb"),
+
+		lbNoCountCgroup: netnstest.NewCgroup(tb, "sy-slb-lbn"),
 	}
 	// Both cgroups are leaves under the same parent, so the paths differ
 	// only in the programs attached to lbCgroup.
@@ -139,6 +147,9 @@ func newTopology(tb testing.TB) *topology {
 		case "socketlb":
 			pth.cg = topo.lbCgroup
 			pth.targets = []unix.SockaddrInet4{sockaddr(netip.AddrPortFrom(a(lbClusterIP), servicePort))}
+		case "socketlb-nocount":
+			pth.cg = topo.lbNoCountCgroup
+			pth.targets = []unix.SockaddrInet4{sockaddr(netip.AddrPortFrom(a(lbNoCountClusterIP), servicePort))}
 		}
 		topo.paths = append(topo.paths, pth)
 	}
@@ -171,6 +182,22 @@ func newTopology(tb testing.TB) *topology {
 	})
 	if err := topo.lb.Sync(ctx, serviceState("lb", lbClusterIP, eps), dataplane.Changes{Full: true}); err != nil {
 		tb.Fatalf("socket LB sync: %v", err)
+	}
+	topo.lbNoCount, err = ebpf.New(ebpf.Config{
+		CgroupPath:           topo.lbNoCountCgroup.Path,
+		NodeAddresses:        func() ([]netip.Addr, error) { return nil, nil },
+		NoConnectionCounting: true,
+	})
+	if err != nil {
+		tb.Fatalf("socket LB without counting: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := topo.lbNoCount.Close(); err != nil {
+			tb.Errorf("close socket LB: %v", err)
+		}
+	})
+	if err := topo.lbNoCount.Sync(ctx, serviceState("lbn", lbNoCountClusterIP, eps), dataplane.Changes{Full: true}); err != nil {
+		tb.Fatalf("socket LB (no counting) sync: %v", err)
 	}
 	return topo
 }

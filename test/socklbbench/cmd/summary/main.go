@@ -29,7 +29,7 @@ import (
 
 func main() {
 	base := flag.String("base", "direct", "baseline path the ratios are relative to")
-	goalPath := flag.String("goal-path", "socketlb", "path the goal applies to")
+	goalPath := flag.String("goal-path", "socketlb,socketlb-nocount", "paths the goal applies to, comma-separated")
 	goal := flag.Float64("goal", 0.98, "goal: median ratio of goal-path to base at least this")
 	control := flag.String("control", "direct2", "A/A control path (the baseline measured twice): its ratio shows the noise")
 	flag.Parse()
@@ -135,8 +135,9 @@ func rates(pairs []string, rest []string) []rateOf {
 			nsPerOp = v
 		case "B/op", "allocs/op", "MB/s":
 		default:
-			if path, u, ok := strings.Cut(unit, "-"); ok {
-				out = append(out, rateOf{metric: rest, path: path, value: v, unit: u})
+			// "<path>-<unit>": paths may hold dashes, units do not.
+			if i := strings.LastIndexByte(unit, '-'); i > 0 {
+				out = append(out, rateOf{metric: rest, path: unit[:i], value: v, unit: unit[i+1:]})
 			} else if first == nil {
 				first = &rateOf{metric: rest[:len(rest)-1], path: rest[len(rest)-1], value: v, unit: unit}
 			}
@@ -189,7 +190,7 @@ func pairedRatios(path, base []result) []float64 {
 }
 
 func report(w io.Writer, res *results, base, goalPath, control string, goal float64) {
-	fmt.Fprintf(w, "\n%-24s %-10s %6s %10s %-8s %14s %9s %9s\n", "metric", "path", "rounds", "median", "unit", "min..max", "/"+base, "paired")
+	fmt.Fprintf(w, "\n%-24s %-16s %6s %10s %-8s %14s %9s %9s\n", "metric", "path", "rounds", "median", "unit", "min..max", "/"+base, "paired")
 	var verdicts []string
 	for _, m := range res.metrics {
 		baseRes := res.byKey[[2]string{m, base}]
@@ -217,14 +218,14 @@ func report(w io.Writer, res *results, base, goalPath, control string, goal floa
 			if len(pr) > 0 {
 				paired = fmt.Sprintf("%.3f", median(pr))
 			}
-			fmt.Fprintf(w, "%-24s %-10s %6d %10.0f %-8s %14s %9s %9s\n", m, p, len(rs), med, rs[0].unit,
+			fmt.Fprintf(w, "%-24s %-16s %6d %10.0f %-8s %14s %9s %9s\n", m, p, len(rs), med, rs[0].unit,
 				fmt.Sprintf("%.0f..%.0f", slices.Min(vs), slices.Max(vs)), ratio, paired)
-			if p == goalPath && len(pr) > 0 {
+			if slices.Contains(strings.Split(goalPath, ","), p) && len(pr) > 0 {
 				mark := "met"
 				if median(pr) < goal {
 					mark = "NOT met"
 				}
-				v := fmt.Sprintf("  %-24s %.3f  %-7s", m, median(pr), mark)
+				v := fmt.Sprintf("  %-24s %-16s %.3f  %-7s", m, p, median(pr), mark)
 				if cr := pairedRatios(res.byKey[[2]string{m, control}], baseRes); len(cr) > 0 {
 					v += fmt.Sprintf("  (control %s: %.3f)", control, median(cr))
 				}

@@ -40,7 +40,7 @@ func TestSummary(t *testing.T) {
 	// Medians 200 vs 210: 1.05; per-round ratios 0.99, 1.05, 0.9: 0.99.
 	var out strings.Builder
 	report(&out, res, "direct", "socketlb", "direct2", 0.98)
-	for _, want := range []string{"1.050", "0.990", "SocketLB/connect         0.990  met", "SocketLB/mixed           1.020  met      (control direct2: 1.005)"} {
+	for _, want := range []string{"1.050", "0.990", "SocketLB/connect         socketlb         0.990  met", "SocketLB/mixed           socketlb         1.020  met      (control direct2: 1.005)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}

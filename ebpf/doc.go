@@ -27,16 +27,25 @@
 //	backends      backend id -> {addr, port, proto}       (ids are per service)
 //	local_addrs   node addresses where NodePorts translate
 //	affinity      LRU {client netns cookie, id} -> {backend id, last use}
-//	revnat        LRU {socket cookie, backend} -> {frontend, id}
+//	revnat        LRU {socket cookie, backend} -> {frontend, id}   (UDP; TCP without counting)
 //	udp_flows     LRU {socket cookie, frontend} -> {backend id, id}
 //	backend_addrs every backend address:port of a TCP Service port (what sockops counts)
 //	conn_counts   {backend, direction} -> established connections
 //	sock_records  socket cookie -> {local, remote, frontend, id, established, netns}
 //
+// A TCP socket connect4/6 translates gets its sock_records entry at
+// connect (established 0: pending), which getpeername reverses; sockops
+// completes it when the connection is established and deletes it when the
+// socket closes or the connect fails. Other counted sockets (direct
+// connections to a backend, connections a backend on this node accepts)
+// get theirs when established. Without counting (NoConnectionCounting,
+// no sockops program) TCP uses revnat like UDP.
+//
 // Writes are ordered so that a program never follows a dangling reference
 // into a half-written service: backends first, then the slots of a new
 // generation, then the service entry that flips to it, then frontends;
-// stale frontends, slots, services and backends are deleted last.
+// stale frontends go next, and stale slots, services and backends only
+// after a grace period (rcuGrace) in which programs mid-lookup finish.
 //
 // Maps and links are pinned under a bpffs directory (Config.PinPath), so
 // an agent restart reuses the maps and replaces the programs in the pinned

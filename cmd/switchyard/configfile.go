@@ -69,6 +69,7 @@ type fileSettings struct {
 	conntrackDropInvalid  *bool
 	hostPorts             *bool
 	bpfSocketLB           *bool
+	bpfCountConnections   *bool
 	bpfCgroupPath         string
 	bpfPinPath            string
 
@@ -180,6 +181,7 @@ func (s *fileSettings) apply(fs *pflag.FlagSet, c *config) (overridden []string,
 	setBool("conntrack-drop-invalid", &c.conntrackDropInvalid, s.conntrackDropInvalid)
 	setBool("hostport", &c.hostPorts, s.hostPorts)
 	setBool("bpf-socket-lb", &c.bpfSocketLB, s.bpfSocketLB)
+	setBool("bpf-count-connections", &c.bpfCountConnections, s.bpfCountConnections)
 	if s.masqueradeBit != nil && !keep("masquerade-bit") {
 		c.masqueradeBit = *s.masqueradeBit
 	}
@@ -678,6 +680,7 @@ func (f *configFile) resolve(flagDataplane string) (*fileSettings, error) {
 	s.conntrackDropInvalid = sy.Conntrack.DropInvalid
 	s.hostPorts = sy.HostPort
 	s.bpfSocketLB = sy.BPF.SocketLB
+	s.bpfCountConnections = sy.BPF.CountConnections
 	for _, p := range []struct {
 		path string
 		v    string

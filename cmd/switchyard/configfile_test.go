@@ -500,7 +500,7 @@ manifests: /file/manifests
 ipvs: {drainTimeout: 1m, dummyLink: file0}
 conntrack: {dropInvalid: true}
 hostPort: false
-bpf: {socketLB: true, cgroupPath: /file/cgroup, pinPath: /file/bpf}
+bpf: {socketLB: true, cgroupPath: /file/cgroup, pinPath: /file/bpf, countConnections: false}
 `)
 	fileOnly, err := parseFlags([]string{"--config", path})
 	if err != nil {
@@ -533,6 +533,7 @@ bpf: {socketLB: true, cgroupPath: /file/cgroup, pinPath: /file/bpf}
 		bpfSocketLB:            true,
 		bpfCgroupPath:          "/file/cgroup",
 		bpfPinPath:             "/file/bpf",
+		bpfCountConnections:    false,
 		metricsPerBackend:      true,
 		metricsBackendCap:      20000,
 		metricsRefreshInterval: 15 * time.Second,
@@ -557,7 +558,7 @@ bpf: {socketLB: true, cgroupPath: /file/cgroup, pinPath: /file/bpf}
 		"--healthz-bind-address", "127.0.0.1:10256",
 		"--conntrack-max-per-core", "0", "--conntrack-udp-timeout", "0s", "--ipvs-tcp-timeout", "1m",
 		"--hostport=true",
-		"--bpf-socket-lb=false", "--bpf-cgroup-path", "/flag/cgroup", "--bpf-pin-path", "/sys/fs/bpf/switchyard",
+		"--bpf-socket-lb=false", "--bpf-cgroup-path", "/flag/cgroup", "--bpf-pin-path", "/sys/fs/bpf/switchyard", "--bpf-count-connections",
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -580,6 +581,7 @@ bpf: {socketLB: true, cgroupPath: /file/cgroup, pinPath: /file/bpf}
 		hostPorts:              true,
 		bpfCgroupPath:          "/flag/cgroup",
 		bpfPinPath:             "/sys/fs/bpf/switchyard",
+		bpfCountConnections:    true,
 		metricsPerBackend:      true,
 		metricsBackendCap:      20000,
 		metricsRefreshInterval: 15 * time.Second,

@@ -201,4 +201,7 @@ type syBPFConfiguration struct {
 	// PinPath is the bpffs directory of its pinned maps and links
 	// (--bpf-pin-path).
 	PinPath string `json:"pinPath"`
+	// CountConnections attaches the sockops connection counter
+	// (--bpf-count-connections).
+	CountConnections *bool `json:"countConnections"`
 }

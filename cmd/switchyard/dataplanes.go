@@ -74,9 +74,10 @@ func newDataplane(cfg *config) (dataplane.Dataplane, error) {
 // Services keep working through the packet dataplane.
 func newSocketLB(cfg *config, packetDataplane string) *ebpf.SocketLB {
 	lb, err := ebpf.New(ebpf.Config{
-		CgroupPath:    cfg.bpfCgroupPath,
-		PinPath:       cfg.bpfPinPath,
-		NodeAddresses: socketLBNodeAddresses(cfg.nodePortAddresses),
+		CgroupPath:           cfg.bpfCgroupPath,
+		PinPath:              cfg.bpfPinPath,
+		NoConnectionCounting: !cfg.bpfCountConnections,
+		NodeAddresses:        socketLBNodeAddresses(cfg.nodePortAddresses),
 	})
 	if err != nil {
 		why := "it cannot be set up"

@@ -278,9 +278,9 @@ func ignoreNotSupported(err error) error {
 	return err
 }
 
-// interfaceAddrs lists the addresses on the interfaces of the caller's
-// network namespace, loopback excluded.
-func interfaceAddrs() ([]netip.Addr, error) {
+// InterfaceAddrs lists the addresses on the interfaces of the caller's
+// network namespace, loopback excluded: the default Config.NodeAddresses.
+func InterfaceAddrs() ([]netip.Addr, error) {
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
 		return nil, fmt.Errorf("list node addresses: %w", err)

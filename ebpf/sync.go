@@ -120,7 +120,7 @@ func (s *SocketLB) Sync(ctx context.Context, st *dataplane.State, changes datapl
 	}
 	nodeAddrs := s.cfg.NodeAddresses
 	if nodeAddrs == nil {
-		nodeAddrs = interfaceAddrs
+		nodeAddrs = InterfaceAddrs
 	}
 	addrs, err := nodeAddrs()
 	if err != nil {

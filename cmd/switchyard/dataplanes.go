@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -102,18 +101,13 @@ func newSocketLB(cfg *config, packetDataplane string) *ebpf.SocketLB {
 // without it), as the packet dataplanes open NodePorts.
 func socketLBNodeAddresses(within []netip.Prefix) func() ([]netip.Addr, error) {
 	return func() ([]netip.Addr, error) {
-		addrs, err := net.InterfaceAddrs()
-		if err != nil {
-			return nil, fmt.Errorf("list node addresses: %w", err)
+		addrs, err := ebpf.InterfaceAddrs()
+		if err != nil || len(within) == 0 {
+			return addrs, err
 		}
 		var out []netip.Addr
-		for _, a := range addrs {
-			p, err := netip.ParsePrefix(a.String())
-			if err != nil || p.Addr().IsLoopback() {
-				continue
-			}
-			ip := p.Addr().Unmap()
-			if len(within) == 0 || slices.ContainsFunc(within, func(n netip.Prefix) bool { return n.Contains(ip) }) {
+		for _, ip := range addrs {
+			if slices.ContainsFunc(within, func(n netip.Prefix) bool { return n.Contains(ip) }) {
 				out = append(out, ip)
 			}
 		}

@@ -47,6 +47,12 @@ func (s *State) Dump() string {
 		if len(sp.LoadBalancerSourceRanges) > 0 {
 			fmt.Fprintf(&b, " sourceRanges=%v", sp.LoadBalancerSourceRanges)
 		}
+		if r := sp.Rebalance; r != nil {
+			fmt.Fprintf(&b, " rebalance=tolerance:%g,maxResets:%g/s,minAge:%v", r.Tolerance, r.MaxResetsPerS, r.MinAge)
+			if r.DryRun {
+				b.WriteString(",dryRun")
+			}
+		}
 		b.WriteByte('\n')
 		for _, e := range s.Endpoints[name] {
 			fmt.Fprintf(&b, "  %s%s", e.Addr, conditions(e))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,16 @@ const (
 	LabelServiceName = discovery.LabelServiceName
 	// AnnotationIPVSScheduler selects the IPVS scheduler of one Service.
 	AnnotationIPVSScheduler = "switchyard.io/ipvs-scheduler"
+
+	// The conntrack rebalancer's opt-in and knobs (see RebalanceSpec).
+	AnnotationRebalance             = "switchyard.io/rebalance"
+	AnnotationRebalanceTolerance    = "switchyard.io/rebalance-tolerance"
+	AnnotationRebalanceMaxResets    = "switchyard.io/rebalance-max-resets-per-second"
+	AnnotationRebalanceMinAge       = "switchyard.io/rebalance-min-age"
+	AnnotationRebalanceDryRun       = "switchyard.io/rebalance-dry-run"
+	DefaultRebalanceTolerance       = 0.10
+	DefaultRebalanceMaxResetsPerSec = 20.0
+	DefaultRebalanceMinAge          = 5 * time.Second
 
 	// DefaultAffinityTimeout is kube-proxy's default ClientIP timeout.
 	DefaultAffinityTimeout = 10800 * time.Second
@@ -137,6 +148,8 @@ func ServicePortsFromService(svc *v1.Service, opts TranslateOptions) ([]*Service
 		}
 	}
 
+	rebalance := parseRebalance(svc.Annotations, report)
+
 	var affinity time.Duration
 	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
 		affinity = DefaultAffinityTimeout
@@ -190,6 +203,7 @@ func ServicePortsFromService(svc *v1.Service, opts TranslateOptions) ([]*Service
 			InternalPolicyLocal:      internalLocal,
 			HealthCheckNodePort:      hcPort,
 			LoadBalancerSourceRanges: sourceRanges,
+			Rebalance:                rebalance,
 		}
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 			switch {
@@ -334,4 +348,61 @@ func unmapPrefix(p netip.Prefix) netip.Prefix {
 		return netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
 	return p
+}
+
+// parseRebalance reads the rebalancer annotations: nil unless
+// switchyard.io/rebalance is "true". An invalid knob is reported and
+// replaced by its default; an invalid opt-in value leaves the Service
+// alone (never rebalance a Service that did not clearly ask).
+func parseRebalance(ann map[string]string, report func(fatal bool, reason, format string, args ...any)) *RebalanceSpec {
+	v, ok := ann[AnnotationRebalance]
+	if !ok {
+		return nil
+	}
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "true":
+	case "false", "":
+		return nil
+	default:
+		report(false, "invalid-rebalance", "annotation %s=%q is not true or false; not rebalancing", AnnotationRebalance, v)
+		return nil
+	}
+	spec := &RebalanceSpec{
+		Tolerance:     DefaultRebalanceTolerance,
+		MaxResetsPerS: DefaultRebalanceMaxResetsPerSec,
+		MinAge:        DefaultRebalanceMinAge,
+	}
+	if v, ok := ann[AnnotationRebalanceTolerance]; ok {
+		if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && f > 0 && f <= 10 {
+			spec.Tolerance = f
+		} else {
+			report(false, "invalid-rebalance-tolerance", "annotation %s=%q is not a number in (0, 10]; using %v", AnnotationRebalanceTolerance, v, DefaultRebalanceTolerance)
+		}
+	}
+	if v, ok := ann[AnnotationRebalanceMaxResets]; ok {
+		if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && f > 0 && f <= 100000 {
+			spec.MaxResetsPerS = f
+		} else {
+			report(false, "invalid-rebalance-max-resets", "annotation %s=%q is not a number in (0, 100000]; using %v", AnnotationRebalanceMaxResets, v, DefaultRebalanceMaxResetsPerSec)
+		}
+	}
+	if v, ok := ann[AnnotationRebalanceMinAge]; ok {
+		if d, err := time.ParseDuration(strings.TrimSpace(v)); err == nil && d >= 0 && d <= 24*time.Hour {
+			spec.MinAge = d
+		} else {
+			report(false, "invalid-rebalance-min-age", "annotation %s=%q is not a duration in [0, 24h]; using %v", AnnotationRebalanceMinAge, v, DefaultRebalanceMinAge)
+		}
+	}
+	if v, ok := ann[AnnotationRebalanceDryRun]; ok {
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "true":
+			spec.DryRun = true
+		case "false":
+		default:
+			// Unclear: the safe reading is a dry run.
+			spec.DryRun = true
+			report(false, "invalid-rebalance-dry-run", "annotation %s=%q is not true or false; dry run", AnnotationRebalanceDryRun, v)
+		}
+	}
+	return spec
 }

@@ -221,6 +221,43 @@ demo/multi:sig/sctp port=3868 clusterIPs=[10.96.0.10] externalIPs=[192.0.2.4 192
 			problems: []string{"invalid-source-range"},
 		},
 		{
+			name: "rebalancer opt-in and knobs",
+			services: []*v1.Service{
+				svc("demo", "defaults", func(s *v1.Service) { s.Annotations = map[string]string{AnnotationRebalance: "true"} }),
+				svc("demo", "knobs", func(s *v1.Service) {
+					s.Spec.ClusterIPs = []string{"10.96.0.11"}
+					s.Annotations = map[string]string{AnnotationRebalance: "True", AnnotationRebalanceTolerance: "0.25",
+						AnnotationRebalanceMaxResets: "5", AnnotationRebalanceMinAge: "30s", AnnotationRebalanceDryRun: "true"}
+				}),
+				svc("demo", "bad-knobs", func(s *v1.Service) {
+					s.Spec.ClusterIPs = []string{"10.96.0.12"}
+					s.Annotations = map[string]string{AnnotationRebalance: "true", AnnotationRebalanceTolerance: "-1",
+						AnnotationRebalanceMaxResets: "lots", AnnotationRebalanceMinAge: "5", AnnotationRebalanceDryRun: "maybe"}
+				}),
+				// Never rebalanced: no opt-in, an explicit false, an unclear value.
+				svc("demo", "off", func(s *v1.Service) {
+					s.Spec.ClusterIPs = []string{"10.96.0.13"}
+					s.Annotations = map[string]string{AnnotationRebalance: "false", AnnotationRebalanceTolerance: "0.5"}
+				}),
+				svc("demo", "unclear", func(s *v1.Service) {
+					s.Spec.ClusterIPs = []string{"10.96.0.14"}
+					s.Annotations = map[string]string{AnnotationRebalance: "yes"}
+				}),
+				svc("demo", "plain", func(s *v1.Service) {
+					s.Spec.ClusterIPs = []string{"10.96.0.15"}
+					s.Annotations = map[string]string{AnnotationRebalanceTolerance: "0.5"}
+				}),
+			},
+			want: `demo/bad-knobs:http/tcp port=80 clusterIPs=[10.96.0.12] rebalance=tolerance:0.1,maxResets:20/s,minAge:5s,dryRun
+demo/defaults:http/tcp port=80 clusterIPs=[10.96.0.10] rebalance=tolerance:0.1,maxResets:20/s,minAge:5s
+demo/knobs:http/tcp port=80 clusterIPs=[10.96.0.11] rebalance=tolerance:0.25,maxResets:5/s,minAge:30s,dryRun
+demo/off:http/tcp port=80 clusterIPs=[10.96.0.13]
+demo/plain:http/tcp port=80 clusterIPs=[10.96.0.15]
+demo/unclear:http/tcp port=80 clusterIPs=[10.96.0.14]
+`,
+			problems: []string{"invalid-rebalance-tolerance", "invalid-rebalance-max-resets", "invalid-rebalance-min-age", "invalid-rebalance-dry-run", "invalid-rebalance"},
+		},
+		{
 			name: "invalid input is reported and corrected or skipped",
 			services: []*v1.Service{
 				svc("demo", "badsched", func(s *v1.Service) { s.Annotations = map[string]string{AnnotationIPVSScheduler: "fastest"} }),

@@ -7,7 +7,9 @@ import (
 	"time"
 )
 
-func be(i int) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, 0, byte(i)}), 8080) }
+func be(i int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, 0, byte(i)}), 8080)
+}
 
 // conns makes n connections to backend i, ages 10s, 11s, ...
 func conns(i, n int) []Conn {

@@ -1,0 +1,216 @@
+package rebalance
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// Mechanism is one way this node sees and closes connections of
+// Services: the socket LB's sockops records (sockets on this node), or
+// conntrack (flows this node NATs). Collect attributes its connections to
+// Service ports; Shed closes connections Collect returned (by ID, which
+// each mechanism keeps unique and remembers until the next Collect).
+type Mechanism interface {
+	Name() string
+	Collect(ctx context.Context, st *dataplane.State, now time.Time) (map[dataplane.ServicePortName][]Conn, error)
+	Shed(ctx context.Context, conns []Conn) (int, error)
+}
+
+// Observer receives each round's outcome (metrics).
+type Observer interface {
+	// Round reports the plan of one opted-in Service port; toClose is
+	// what the round closes (0 in a dry run).
+	Round(name dataplane.ServicePortName, plan Plan, toClose int, dryRun bool)
+	// Closed reports what a mechanism closed for a Service port.
+	Closed(name dataplane.ServicePortName, mechanism string, n int, err error)
+	// Forget drops a Service port that is gone or no longer opted in.
+	Forget(name dataplane.ServicePortName)
+}
+
+// Runner measures, plans and sheds for every opted-in Service port, one
+// round at a time. Services without the opt-in are never measured for
+// shedding nor touched.
+type Runner struct {
+	ctrl     *Controller
+	mechs    []Mechanism
+	observer Observer
+	known    map[dataplane.ServicePortName]bool
+}
+
+// NewRunner returns a Runner over the given mechanisms (nil ones are
+// skipped). observer may be nil.
+func NewRunner(t Timing, observer Observer, mechs ...Mechanism) *Runner {
+	r := &Runner{ctrl: NewController(t), observer: observer, known: map[dataplane.ServicePortName]bool{}}
+	for _, m := range mechs {
+		if m != nil {
+			r.mechs = append(r.mechs, m)
+		}
+	}
+	return r
+}
+
+// Once runs one round over st at now.
+func (r *Runner) Once(ctx context.Context, st *dataplane.State, now time.Time) {
+	opted := map[dataplane.ServicePortName]*dataplane.ServicePort{}
+	for name, sp := range st.Services {
+		if sp.Rebalance != nil && sp.Name.Protocol == dataplane.TCP {
+			opted[name] = sp
+		}
+	}
+	r.ctrl.Forget(func(n dataplane.ServicePortName) bool { return opted[n] != nil })
+	for name := range r.known {
+		if opted[name] == nil {
+			delete(r.known, name)
+			if r.observer != nil {
+				r.observer.Forget(name)
+			}
+		}
+	}
+	if len(opted) == 0 {
+		return
+	}
+	// Each mechanism's connections, IDs prefixed by the mechanism so
+	// they stay unique across mechanisms.
+	conns := map[dataplane.ServicePortName][]Conn{}
+	for _, m := range r.mechs {
+		got, err := m.Collect(ctx, st, now)
+		if err != nil {
+			klog.ErrorS(err, "Rebalancer: measuring connections failed; this round uses the other mechanisms", "mechanism", m.Name())
+			continue
+		}
+		for name, cs := range got {
+			if opted[name] == nil {
+				continue
+			}
+			for _, c := range cs {
+				c.ID = m.Name() + "/" + c.ID
+				conns[name] = append(conns[name], c)
+			}
+		}
+	}
+	names := make([]dataplane.ServicePortName, 0, len(opted))
+	for n := range opted {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, dataplane.ServicePortName.Compare)
+	for _, name := range names {
+		sp := opted[name]
+		r.known[name] = true
+		backends := Backends(sp, st.Endpoints[name], st.NodeName, st.NodeZone)
+		plan, shed := r.ctrl.Round(name, sp.Rebalance, backends, conns[name], now)
+		if r.observer != nil {
+			r.observer.Round(name, plan, len(shed), sp.Rebalance.DryRun)
+		}
+		if sp.Rebalance.DryRun && len(plan.Shed) > 0 && plan.Reason != "settling" {
+			klog.V(2).InfoS("Rebalancer dry run: would shed connections", "service", name, "shed", len(plan.Shed),
+				"before", countsString(plan.Before), "after", countsString(plan.After), "ratio", plan.Ratio)
+		}
+		if len(shed) == 0 {
+			continue
+		}
+		closed := r.shed(ctx, name, shed)
+		klog.InfoS("Rebalanced connections", "service", name, "planned", len(plan.Shed), "closed", closed,
+			"before", countsString(plan.Before), "after", countsString(plan.After),
+			"ratio", fmt.Sprintf("%.2f", plan.Ratio), "ratioAfter", fmt.Sprintf("%.2f", plan.RatioAfter))
+	}
+}
+
+// shed hands each mechanism its share of conns (IDs without the prefix).
+func (r *Runner) shed(ctx context.Context, name dataplane.ServicePortName, conns []Conn) int {
+	total := 0
+	for _, m := range r.mechs {
+		prefix := m.Name() + "/"
+		var mine []Conn
+		for _, c := range conns {
+			if id, ok := strings.CutPrefix(c.ID, prefix); ok {
+				c.ID = id
+				mine = append(mine, c)
+			}
+		}
+		if len(mine) == 0 {
+			continue
+		}
+		n, err := m.Shed(ctx, mine)
+		if err != nil {
+			klog.ErrorS(err, "Rebalancer: closing connections failed", "service", name, "mechanism", m.Name(), "asked", len(mine), "closed", n)
+		}
+		if r.observer != nil {
+			r.observer.Closed(name, m.Name(), n, err)
+		}
+		total += n
+	}
+	return total
+}
+
+// Run calls Once every interval with the State view gives, until ctx ends.
+func (r *Runner) Run(ctx context.Context, interval time.Duration, view func(func(*dataplane.State))) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			var st *dataplane.State
+			view(func(full *dataplane.State) { st = optedIn(full) })
+			r.Once(ctx, st, now)
+		}
+	}
+}
+
+// optedIn copies the part of st the rounds need, so they run without
+// holding the sync loop's State: the opted-in Service ports, their
+// endpoints and the node's identity.
+func optedIn(st *dataplane.State) *dataplane.State {
+	out := dataplane.NewState()
+	out.NodeName, out.NodeZone, out.NodeIPs = st.NodeName, st.NodeZone, slices.Clone(st.NodeIPs)
+	for name, sp := range st.Services {
+		if sp.Rebalance == nil {
+			continue
+		}
+		cp := *sp
+		out.Services[name] = &cp
+		out.Endpoints[name] = slices.Clone(st.Endpoints[name])
+	}
+	return out
+}
+
+// Backends are the endpoints new connections of sp go to from this node,
+// as the dataplanes choose them: the Cluster endpoints, or the Local ones
+// with internalTrafficPolicy Local.
+func Backends(sp *dataplane.ServicePort, eps []dataplane.Endpoint, node, zone string) []netip.AddrPort {
+	sets := dataplane.CategorizeEndpoints(sp, eps, node, zone)
+	chosen := sets.Cluster
+	if sp.InternalPolicyLocal {
+		chosen = sets.Local
+	}
+	out := make([]netip.AddrPort, 0, len(chosen))
+	for _, e := range chosen {
+		out = append(out, e.Addr)
+	}
+	return out
+}
+
+func countsString(m map[netip.AddrPort]int) string {
+	keys := make([]netip.AddrPort, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, netip.AddrPort.Compare)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%d", k, m[k])
+	}
+	return b.String()
+}

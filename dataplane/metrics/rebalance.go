@@ -1,0 +1,74 @@
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/conntrack/rebalance"
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+// Rebalance holds the rebalancer's metrics; it is a rebalance.Observer.
+// Series exist only for Service ports that opted in, and go when they
+// opt out or disappear.
+type Rebalance struct {
+	ratio   *prometheus.GaugeVec
+	planned *prometheus.GaugeVec
+	rounds  *prometheus.CounterVec
+	resets  *prometheus.CounterVec
+	errors  *prometheus.CounterVec
+}
+
+var _ rebalance.Observer = (*Rebalance)(nil)
+
+// AddRebalance registers the rebalancer's metrics.
+func (m *Metrics) AddRebalance() *Rebalance {
+	r := &Rebalance{
+		ratio: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "rebalance_imbalance_ratio",
+			Help: "max/mean of established connections per backend of an opted-in Service port, as the last rebalancer round measured it (reconnects in flight placed on the least-loaded backends)"},
+			[]string{"service"}),
+		planned: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "rebalance_planned_resets",
+			Help: "Connections the last round's plan would shed to reach max/mean <= 1+tolerance (dry runs included)"},
+			[]string{"service"}),
+		rounds: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "rebalance_rounds_total",
+			Help: "Rebalancer rounds by outcome: balanced, shed, dry-run, settling, rate-limited, min-age, single-backend, no-connections"},
+			[]string{"service", "outcome"}),
+		resets: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "rebalance_resets_total",
+			Help: "Connections the rebalancer closed, by mechanism (socketlb: sockets on this node; conntrack: flows this node NATs)"},
+			[]string{"service", "mechanism"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "rebalance_errors_total",
+			Help: "Rebalancer attempts to close connections that failed, by mechanism"},
+			[]string{"service", "mechanism"}),
+	}
+	m.Registry.MustRegister(r.ratio, r.planned, r.rounds, r.resets, r.errors)
+	return r
+}
+
+// Round implements rebalance.Observer.
+func (r *Rebalance) Round(name dataplane.ServicePortName, plan rebalance.Plan, toClose int, dryRun bool) {
+	s := name.String()
+	r.ratio.WithLabelValues(s).Set(plan.Ratio)
+	r.planned.WithLabelValues(s).Set(float64(len(plan.Shed)))
+	outcome := plan.Reason
+	if dryRun && len(plan.Shed) > 0 && outcome != "settling" {
+		outcome = "dry-run"
+	}
+	r.rounds.WithLabelValues(s, outcome).Inc()
+}
+
+// Closed implements rebalance.Observer.
+func (r *Rebalance) Closed(name dataplane.ServicePortName, mechanism string, n int, err error) {
+	r.resets.WithLabelValues(name.String(), mechanism).Add(float64(n))
+	if err != nil {
+		r.errors.WithLabelValues(name.String(), mechanism).Inc()
+	}
+}
+
+// Forget implements rebalance.Observer.
+func (r *Rebalance) Forget(name dataplane.ServicePortName) {
+	l := prometheus.Labels{"service": name.String()}
+	r.ratio.DeletePartialMatch(l)
+	r.planned.DeletePartialMatch(l)
+	r.rounds.DeletePartialMatch(l)
+	r.resets.DeletePartialMatch(l)
+	r.errors.DeletePartialMatch(l)
+}

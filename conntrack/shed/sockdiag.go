@@ -1,0 +1,178 @@
+package shed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// SockDiag is the Closer over sock_diag SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY,
+// Linux 4.5+; built in on the host and the IPVS VM's Debian kernel). It
+// needs CAP_NET_ADMIN over each target's namespace.
+//
+// For each namespace it opens one NETLINK_SOCK_DIAG socket inside it (the
+// kernel looks sockets up in the netlink socket's namespace). For each
+// target it first asks for the socket (an exact SOCK_DIAG_BY_FAMILY
+// request), because the kernel's lookup (inet_diag_find_one_icsk) falls
+// back to a listening socket on the local port when no connection matches
+// (seen on 6.18, which then refuses the destroy with EINVAL; older kernels'
+// tcp_abort stops the listener, taking a backend down). Then it destroys
+// the socket it found by that socket's cookie, so a socket that replaced
+// it meanwhile is safe too.
+type SockDiag struct {
+	index *NetnsIndex
+	// timeout bounds each netlink round trip (the kernel answers at once;
+	// this only guards against a wedged socket).
+	timeout time.Duration
+}
+
+var _ Closer = (*SockDiag)(nil)
+
+// NewSockDiag returns a SockDiag finding namespaces through index.
+func NewSockDiag(index *NetnsIndex) (*SockDiag, error) {
+	if index == nil {
+		return nil, errors.New("shed: NewSockDiag needs a NetnsIndex")
+	}
+	return &SockDiag{index: index, timeout: 5 * time.Second}, nil
+}
+
+// Close implements Closer.
+func (s *SockDiag) Close(ctx context.Context, targets []Target) (Result, error) {
+	res := newResult(len(targets))
+	var errs []error
+	order, groups, norm := groupByNetns(targets, &res, &errs)
+	handles, nsErrs := s.index.OpenAll(order)
+	defer func() {
+		for _, h := range handles {
+			_ = h.Close()
+		}
+	}()
+	for _, nc := range order {
+		idx := groups[nc]
+		if err := ctx.Err(); err != nil {
+			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx), nc, err))
+			continue
+		}
+		if err := nsErrs[nc]; err != nil {
+			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets: %w", len(idx), err))
+			continue
+		}
+		d, err := s.openDiag(handles[nc])
+		if err != nil {
+			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d: %w", len(idx), nc, err))
+			continue
+		}
+		for n, i := range idx {
+			if err := ctx.Err(); err != nil {
+				failAll(&res, &errs, idx[n:], fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx)-n, nc, err))
+				break
+			}
+			st, err := d.destroy(norm[i])
+			res.set(i, st)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("shed: close %s: %w", norm[i], err))
+			}
+		}
+		d.close()
+	}
+	return res, errors.Join(errs...)
+}
+
+func failAll(res *Result, errs *[]error, idx []int, err error) {
+	for _, i := range idx {
+		res.set(i, Failed)
+	}
+	*errs = append(*errs, err)
+}
+
+// diagConn is a NETLINK_SOCK_DIAG socket bound to one namespace.
+type diagConn struct {
+	fd  int
+	seq uint32
+	buf []byte
+}
+
+func (s *SockDiag) openDiag(h netns.NsHandle) (*diagConn, error) {
+	var fd int
+	err := inNetns(h, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open sock_diag socket: %w", err)
+	}
+	tv := unix.NsecToTimeval(s.timeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("sock_diag socket timeout: %w", err)
+	}
+	return &diagConn{fd: fd, buf: make([]byte, 8192)}, nil
+}
+
+func (d *diagConn) close() { _ = unix.Close(d.fd) }
+
+// destroy looks t up and aborts it unless it is a listener, in TIME_WAIT
+// or closed (the connection is gone: NotFound), or has a cookie other than
+// t.Cookie (another socket took its addresses: NotFound).
+func (d *diagConn) destroy(t Target) (Status, error) {
+	info, errno, err := d.roundTrip(unix.SOCK_DIAG_BY_FAMILY, 0, t, t.Cookie)
+	switch {
+	case err != nil:
+		return Failed, fmt.Errorf("look up: %w", err)
+	case errno == unix.ENOENT || errno == unix.ESTALE:
+		return NotFound, nil
+	case errno != 0:
+		return Failed, fmt.Errorf("look up: %w", errno)
+	case info == nil:
+		return Failed, errors.New("look up: no answer")
+	}
+	switch info.state {
+	case tcpListen, tcpTimeWait, tcpClose:
+		return NotFound, nil
+	}
+	_, errno, err = d.roundTrip(unix.SOCK_DESTROY, unix.NLM_F_ACK, t, info.cookie)
+	switch {
+	case err != nil:
+		return Failed, fmt.Errorf("destroy: %w", err)
+	case errno == 0:
+		return Closed, nil
+	case errno == unix.ENOENT || errno == unix.ESTALE:
+		return NotFound, nil // closed between the two requests
+	case errno == unix.EOPNOTSUPP:
+		return Failed, fmt.Errorf("destroy: %w (CONFIG_INET_DIAG_DESTROY): %w", ErrNotSupported, errno)
+	default:
+		return Failed, fmt.Errorf("destroy: %w", errno)
+	}
+}
+
+// roundTrip sends one request and waits for its answer.
+func (d *diagConn) roundTrip(typ, flags uint16, t Target, cookie uint64) (*diagInfo, syscall.Errno, error) {
+	d.seq++
+	req := diagRequest(typ, flags, d.seq, t, cookie)
+	if err := unix.Sendto(d.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, 0, fmt.Errorf("send: %w", err)
+	}
+	for range 16 { // stale answers to earlier requests are skipped, boundedly
+		n, _, err := unix.Recvfrom(d.fd, d.buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("receive: %w", err)
+		}
+		info, errno, ok, err := parseReply(d.buf[:n], d.seq)
+		if err != nil {
+			return nil, 0, err
+		}
+		if ok {
+			return info, errno, nil
+		}
+	}
+	return nil, 0, errors.New("no answer to our request")
+}

@@ -7,7 +7,9 @@ import (
 
 // Fake is an in-memory conntrack table. ClearFlows validates like Netlink
 // (a bad filter list clears and records nothing), deletes the matching
-// Flows, and records each successful call's filters in Cleared.
+// Flows, and records each successful call's filters in Cleared; MarkFlows
+// likewise sets the mark bits of the matching Flows and records the call
+// in Marked.
 type Fake struct {
 	mu sync.Mutex
 	// Flows is the table; tests may seed it directly or with NewFake.
@@ -15,8 +17,10 @@ type Fake struct {
 	// Cleared holds the filters of each successful ClearFlows call, in
 	// call order.
 	Cleared [][]Filter
-	// Err, when set, makes ClearFlows fail with it without touching
-	// anything (like a netlink error before the dump).
+	// Marked holds each successful MarkFlows call, in call order.
+	Marked []MarkCall
+	// Err, when set, makes ClearFlows and MarkFlows fail with it without
+	// touching anything (like a netlink error before the dump).
 	Err error
 }
 
@@ -68,4 +72,5 @@ func (f *Fake) Reset() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Cleared = nil
+	f.Marked = nil
 }

@@ -17,6 +17,14 @@
 //   - Cleaner is a dataplane.Dataplane meant to run last in a
 //     dataplane.Chain: it keeps a snapshot of the last synced State and
 //     clears what changed.
+//
+// The same table serves the conntrack-aware rebalancer: ListFlows reports
+// each entry's mark, timer (Flow.Idle estimates the time since its last
+// packet) and, with nf_conntrack_timestamp=1, its start (Flow.Age); Marker
+// sets mark bits on chosen entries by their original tuple. The nftables
+// dataplane resets both ends of a TCP connection whose entry carries its
+// reset bit (nftables.Config.ResetMarkBit): that is how connections this
+// node forwards, whose sockets live elsewhere, are shed.
 package conntrack
 
 import (
@@ -25,6 +33,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -54,6 +63,15 @@ type Flow struct {
 	// TCPState is conntrack's TCP state ("ESTABLISHED", "TIME_WAIT", ...);
 	// "" for other protocols.
 	TCPState string
+	// Mark is the entry's conntrack mark ("ct mark"); see Marker.
+	Mark uint32
+	// Timeout is what was left of the entry's timer when it was listed
+	// (whole seconds). The kernel restarts the timer on every packet, at
+	// the timeout of the entry's state; see Idle.
+	Timeout time.Duration
+	// Start is when the entry was created; zero unless conntrack
+	// timestamps are on (net.netfilter.nf_conntrack_timestamp=1). See Age.
+	Start time.Time
 }
 
 // Tuple is one direction of a Flow.

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -22,10 +24,14 @@ type Interface interface {
 	ListFlows() ([]Flow, error)
 }
 
-// Netlink is Interface over ctnetlink (vishvananda/netlink), bound to one
-// network namespace.
+// Netlink is Interface and Marker over ctnetlink (vishvananda/netlink),
+// bound to one network namespace.
 type Netlink struct {
 	h *netlink.Handle
+	// upd is a second socket in the same namespace for the requests the
+	// library does not build (MarkFlows); the Handle keeps its sockets to
+	// itself.
+	upd *nl.SocketHandle
 }
 
 var _ Interface = (*Netlink)(nil)
@@ -46,11 +52,29 @@ func NewNetlink(ns netns.NsHandle) (*Netlink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("conntrack: open netfilter netlink socket: %w", err)
 	}
-	return &Netlink{h: h}, nil
+	// With ns closed, GetNetlinkSocketAt opens the socket where we are.
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_NETFILTER)
+	if err == nil {
+		err = s.SetSendTimeout(&nl.SocketTimeoutTv)
+		if err == nil {
+			err = s.SetReceiveTimeout(&nl.SocketTimeoutTv)
+		}
+		if err != nil {
+			s.Close()
+		}
+	}
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("conntrack: open netfilter netlink socket: %w", err)
+	}
+	return &Netlink{h: h, upd: &nl.SocketHandle{Socket: s}}, nil
 }
 
-// Close closes the socket.
-func (n *Netlink) Close() { n.h.Close() }
+// Close closes the sockets.
+func (n *Netlink) Close() {
+	n.h.Close()
+	n.upd.Close()
+}
 
 // ClearFlows implements Interface. ctnetlink has no server-side filter for
 // these fields: each family's table is dumped once and every matching entry
@@ -103,6 +127,11 @@ func (n *Netlink) ListFlows() ([]Flow, error) {
 				Protocol: protoName(f.Forward.Protocol),
 				Orig:     tuple(f.Forward),
 				Reply:    tuple(f.Reverse),
+				Mark:     f.Mark,
+				Timeout:  time.Duration(f.TimeOut) * time.Second,
+			}
+			if f.TimeStart != 0 {
+				fl.Start = time.Unix(0, int64(f.TimeStart))
 			}
 			if tcp, ok := f.ProtoInfo.(*netlink.ProtoInfoTCP); ok {
 				fl.TCPState = tcpStateName(tcp.State)

@@ -98,12 +98,15 @@ var (
 // validate normalizes a target's addresses (IPv4-mapped IPv6 to IPv4, as
 // the kernel looks both up in the same table) and rejects what no socket
 // can have.
-func validate(t Target) (Target, error) {
+func validate(t Target, needCookie bool) (Target, error) {
 	if !t.Local.IsValid() || !t.Remote.IsValid() || t.Local.Port() == 0 || t.Remote.Port() == 0 {
 		return t, fmt.Errorf("%w %s: addresses and ports must be set", ErrInvalidTarget, t)
 	}
 	if t.NetnsCookie == 0 {
 		return t, fmt.Errorf("%w %s: no network namespace cookie", ErrInvalidTarget, t)
+	}
+	if needCookie && t.Cookie == 0 {
+		return t, fmt.Errorf("%w %s: no socket cookie", ErrInvalidTarget, t)
 	}
 	l := netip.AddrPortFrom(t.Local.Addr().Unmap(), t.Local.Port())
 	r := netip.AddrPortFrom(t.Remote.Addr().Unmap(), t.Remote.Port())
@@ -120,13 +123,13 @@ func validate(t Target) (Target, error) {
 }
 
 // groupByNetns returns the targets' indexes per namespace cookie, the
-// cookies in order of first appearance. Invalid targets are marked failed
-// in res and left out.
-func groupByNetns(targets []Target, res *Result, errs *[]error) (order []uint64, groups map[uint64][]int, norm []Target) {
+// cookies in order of first appearance. Invalid targets (validate) are
+// marked failed in res and left out.
+func groupByNetns(targets []Target, needCookie bool, res *Result, errs *[]error) (order []uint64, groups map[uint64][]int, norm []Target) {
 	groups = map[uint64][]int{}
 	norm = make([]Target, len(targets))
 	for i, t := range targets {
-		n, err := validate(t)
+		n, err := validate(t, needCookie)
 		if err != nil {
 			res.set(i, Failed)
 			*errs = append(*errs, err)

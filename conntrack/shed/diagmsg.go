@@ -119,3 +119,28 @@ func parseReply(b []byte, seq uint32) (info *diagInfo, errno syscall.Errno, ok b
 }
 
 func nlmsgAlign(l uint32) uint32 { return (l + 3) &^ 3 }
+
+// parseDumpEnd looks for the end of the dump seq in a netlink datagram:
+// NLMSG_DONE (done; its payload may carry an error), or an error message.
+func parseDumpEnd(b []byte, seq uint32) (done bool, errno syscall.Errno, err error) {
+	for len(b) >= nlmsgHdrLen {
+		l := native.Uint32(b[0:])
+		if l < nlmsgHdrLen || int(l) > len(b) {
+			return false, 0, fmt.Errorf("malformed netlink message (length %d of %d)", l, len(b))
+		}
+		msg := b[:l]
+		b = b[min(int(nlmsgAlign(l)), len(b)):]
+		if native.Uint32(msg[8:]) != seq {
+			continue
+		}
+		switch native.Uint16(msg[4:]) {
+		case unix.NLMSG_DONE, unix.NLMSG_ERROR:
+			var code int32
+			if len(msg) >= nlmsgHdrLen+4 {
+				code = int32(native.Uint32(msg[nlmsgHdrLen:]))
+			}
+			return true, syscall.Errno(-code), nil
+		}
+	}
+	return false, 0, nil
+}

@@ -101,3 +101,26 @@ func TestParseReply(t *testing.T) {
 		t.Error("length past the datagram accepted")
 	}
 }
+
+func TestParseDumpEnd(t *testing.T) {
+	errMsg := make([]byte, 20)
+	enoent := -int32(unix.ENOENT)
+	native.PutUint32(errMsg, uint32(enoent))
+	done := make([]byte, 4)
+	for _, tc := range []struct {
+		name  string
+		b     []byte
+		done  bool
+		errno syscall.Errno
+	}{
+		{"done", nlmsg(unix.NLMSG_DONE, 9, done), true, 0},
+		{"no handler", nlmsg(unix.NLMSG_ERROR, 9, errMsg), true, syscall.ENOENT},
+		{"an entry, then done", append(nlmsg(unix.SOCK_DIAG_BY_FAMILY, 9, make([]byte, inetDiagMsgLen)), nlmsg(unix.NLMSG_DONE, 9, done)...), true, 0},
+		{"someone else's", nlmsg(unix.NLMSG_DONE, 8, done), false, 0},
+	} {
+		d, errno, err := parseDumpEnd(tc.b, 9)
+		if err != nil || d != tc.done || errno != tc.errno {
+			t.Errorf("%s: done %v errno %v err %v; want %v %v", tc.name, d, errno, err, tc.done, tc.errno)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package shed
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -177,20 +178,26 @@ func readLine(c net.Conn) (string, error) {
 }
 
 // wantAborted checks the end whose socket was destroyed: its next read
-// fails with ECONNABORTED.
+// fails with ECONNABORTED, the one after that sees EOF.
 func wantAborted(t *testing.T, name string, c net.Conn) {
 	t.Helper()
 	if _, err := readLine(c); !errors.Is(err, syscall.ECONNABORTED) {
 		t.Errorf("%s: read on the destroyed socket: %v, want ECONNABORTED", name, err)
 	}
+	if _, err := readLine(c); err != io.EOF {
+		t.Errorf("%s: second read on the destroyed socket: %v, want EOF", name, err)
+	}
 }
 
 // wantReset checks the peer of a destroyed socket: the RST makes its next
-// read fail with ECONNRESET.
+// read fail with ECONNRESET, and a write after that with EPIPE.
 func wantReset(t *testing.T, name string, c net.Conn) {
 	t.Helper()
 	if _, err := readLine(c); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("%s: read on the peer of the destroyed socket: %v, want ECONNRESET", name, err)
+	}
+	if err := sendLine(c, "anyone?"); !errors.Is(err, syscall.EPIPE) {
+		t.Errorf("%s: write on the peer of the destroyed socket: %v, want EPIPE", name, err)
 	}
 }
 

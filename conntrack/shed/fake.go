@@ -110,7 +110,7 @@ func (f *Fake) Close(ctx context.Context, targets []Target) (Result, error) {
 		return res, fmt.Errorf("shed: %d targets: %w", len(targets), f.Err)
 	}
 	var errs []error
-	order, groups, norm := groupByNetns(targets, &res, &errs)
+	order, groups, norm := groupByNetns(targets, false, &res, &errs)
 	for _, nc := range order {
 		idx := groups[nc]
 		if err := ctx.Err(); err != nil {

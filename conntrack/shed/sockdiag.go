@@ -19,11 +19,13 @@ import (
 // kernel looks sockets up in the netlink socket's namespace). For each
 // target it first asks for the socket (an exact SOCK_DIAG_BY_FAMILY
 // request), because the kernel's lookup (inet_diag_find_one_icsk) falls
-// back to a listening socket on the local port when no connection matches
-// (seen on 6.18, which then refuses the destroy with EINVAL; older kernels'
-// tcp_abort stops the listener, taking a backend down). Then it destroys
-// the socket it found by that socket's cookie, so a socket that replaced
-// it meanwhile is safe too.
+// back to a listening socket on the local port when no connection matches.
+// 6.1 and 6.18 both answer a destroy of that listener with EINVAL (and
+// the listener lives on), so without the check a connection that is gone
+// already would read as a failure; and a backend's listener is never put
+// at the mercy of tcp_abort, which has code to stop listeners. Then it
+// destroys the socket it found by that socket's cookie, so a socket that
+// replaced it meanwhile is safe too.
 type SockDiag struct {
 	index *NetnsIndex
 	// timeout bounds each netlink round trip (the kernel answers at once;
@@ -45,7 +47,7 @@ func NewSockDiag(index *NetnsIndex) (*SockDiag, error) {
 func (s *SockDiag) Close(ctx context.Context, targets []Target) (Result, error) {
 	res := newResult(len(targets))
 	var errs []error
-	order, groups, norm := groupByNetns(targets, &res, &errs)
+	order, groups, norm := groupByNetns(targets, false, &res, &errs)
 	handles, nsErrs := s.index.OpenAll(order)
 	defer func() {
 		for _, h := range handles {
@@ -67,6 +69,7 @@ func (s *SockDiag) Close(ctx context.Context, targets []Target) (Result, error) 
 			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d: %w", len(idx), nc, err))
 			continue
 		}
+		probeFailed := map[error]int{} // one error per family, not per target
 		for n, i := range idx {
 			if err := ctx.Err(); err != nil {
 				failAll(&res, &errs, idx[n:], fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx)-n, nc, err))
@@ -74,9 +77,16 @@ func (s *SockDiag) Close(ctx context.Context, targets []Target) (Result, error) 
 			}
 			st, err := d.destroy(norm[i])
 			res.set(i, st)
-			if err != nil {
+			switch {
+			case err == nil:
+			case d.isProbeError(err):
+				probeFailed[err]++
+			default:
 				errs = append(errs, fmt.Errorf("shed: close %s: %w", norm[i], err))
 			}
+		}
+		for err, n := range probeFailed {
+			errs = append(errs, fmt.Errorf("shed: %d targets in netns %d: %w", n, nc, err))
 		}
 		d.close()
 	}
@@ -95,6 +105,8 @@ type diagConn struct {
 	fd  int
 	seq uint32
 	buf []byte
+	// probed holds each address family's probe result (see probe).
+	probed map[uint8]error
 }
 
 func (s *SockDiag) openDiag(h netns.NsHandle) (*diagConn, error) {
@@ -112,7 +124,7 @@ func (s *SockDiag) openDiag(h netns.NsHandle) (*diagConn, error) {
 		_ = unix.Close(fd)
 		return nil, fmt.Errorf("sock_diag socket timeout: %w", err)
 	}
-	return &diagConn{fd: fd, buf: make([]byte, 8192)}, nil
+	return &diagConn{fd: fd, buf: make([]byte, 8192), probed: map[uint8]error{}}, nil
 }
 
 func (d *diagConn) close() { _ = unix.Close(d.fd) }
@@ -121,6 +133,9 @@ func (d *diagConn) close() { _ = unix.Close(d.fd) }
 // or closed (the connection is gone: NotFound), or has a cookie other than
 // t.Cookie (another socket took its addresses: NotFound).
 func (d *diagConn) destroy(t Target) (Status, error) {
+	if err := d.probe(t); err != nil {
+		return Failed, err
+	}
 	info, errno, err := d.roundTrip(unix.SOCK_DIAG_BY_FAMILY, 0, t, t.Cookie)
 	switch {
 	case err != nil:
@@ -149,6 +164,67 @@ func (d *diagConn) destroy(t Target) (Status, error) {
 	default:
 		return Failed, fmt.Errorf("destroy: %w", errno)
 	}
+}
+
+// probe checks, once per family, that the kernel has a TCP sock_diag
+// handler: without one (Debian builds inet_diag and tcp_diag as modules,
+// normally autoloaded; the test VM's initramfs lacks them) every lookup
+// fails with ENOENT, which would otherwise read as "socket not found". An
+// empty dump (no states asked for) ends in NLMSG_DONE when the handler is
+// there.
+func (d *diagConn) probe(t Target) error {
+	fam := uint8(unix.AF_INET6)
+	if t.Local.Addr().Is4() {
+		fam = unix.AF_INET
+	}
+	if err, ok := d.probed[fam]; ok {
+		return err
+	}
+	err := d.dumpNothing(t)
+	if errors.Is(err, unix.ENOENT) {
+		err = fmt.Errorf("%w: no TCP sock_diag handler for address family %d (kernel modules inet_diag, tcp_diag): %w", ErrNotSupported, fam, err)
+	} else if err != nil {
+		err = fmt.Errorf("probe sock_diag: %w", err)
+	}
+	d.probed[fam] = err
+	return err
+}
+
+func (d *diagConn) isProbeError(err error) bool {
+	for _, p := range d.probed {
+		if p != nil && p == err {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *diagConn) dumpNothing(t Target) error {
+	d.seq++
+	req := diagRequest(unix.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP, d.seq, Target{Local: t.Local, Remote: t.Remote}, 0)
+	native.PutUint32(req[nlmsgHdrLen+4:], 0) // idiag_states: none
+	if err := unix.Sendto(d.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	for range 16 {
+		n, _, err := unix.Recvfrom(d.fd, d.buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		done, errno, err := parseDumpEnd(d.buf[:n], d.seq)
+		switch {
+		case err != nil:
+			return err
+		case errno != 0:
+			return errno
+		case done:
+			return nil
+		}
+	}
+	return errors.New("no end to an empty dump")
 }
 
 // roundTrip sends one request and waits for its answer.

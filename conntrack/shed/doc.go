@@ -8,16 +8,24 @@
 // namespace cookies into handles by scanning /proc/*/ns/net and
 // /run/netns. A Closer closes targets:
 //
-//   - SockDiag (any kernel with CONFIG_INET_DIAG_DESTROY, 4.5+; the host's
-//     6.18 and the IPVS VM's Debian 6.1): a NETLINK_SOCK_DIAG socket opened
-//     inside the target's namespace looks the socket up
-//     (SOCK_DIAG_BY_FAMILY), then destroys it by cookie (SOCK_DESTROY),
-//     IPv4 and IPv6 alike (the IPv6 message is encoded here:
-//     vishvananda/netlink's SocketDestroy is IPv4-only). Listening
-//     sockets and sockets already in TIME_WAIT are never destroyed.
+//   - SockDiag (CONFIG_INET_DIAG_DESTROY, Linux 4.5+, and the TCP
+//     sock_diag handler: built in on the host's 6.18, the autoloaded
+//     inet_diag and tcp_diag modules on Debian; its tests pass on both
+//     6.18 and Debian's 6.1): a NETLINK_SOCK_DIAG socket opened inside the
+//     target's namespace looks the socket up (SOCK_DIAG_BY_FAMILY), then
+//     destroys it by cookie (SOCK_DESTROY), IPv4 and IPv6 alike (the
+//     messages are encoded here: vishvananda/netlink's SocketDestroy is
+//     IPv4-only). Listening sockets and sockets already in TIME_WAIT are
+//     never destroyed. A kernel without the handler is ErrNotSupported.
+//   - BPFIter (kernels with the bpf_sock_destroy kfunc, 6.5+: the host yes;
+//     Debian's 6.1 no, ebpf.NewSockDestroyer fails there with
+//     ebpf.ErrSockDestroyUnsupported): an iter/tcp program
+//     (ebpf/sockdestroy.c), opened on a thread inside the target's
+//     namespace, walks that namespace's TCP sockets and destroys those
+//     whose cookie the Go side put in a map. Targets need their Cookie.
 //   - Fake: in memory, with SockDiag's semantics, for tests.
 //
-// What each end sees. SOCK_DESTROY ends in the kernel's tcp_abort(sk,
+// What each end sees. Both mechanisms end in the kernel's tcp_abort(sk,
 // ECONNABORTED) on the chosen socket:
 //
 //   - The end whose socket is destroyed: pending and next reads, writes
@@ -34,7 +42,7 @@
 //
 // So for a client pod on this node, destroy the client's socket (direction
 // "out" in the socket LB): the client gets ECONNABORTED and reconnects,
-// its new connect going through the socket LB to a least-loaded backend;
+// its new connect going through the socket LB to a backend it picks;
 // the backend sees ECONNRESET and frees its side. For a backend pod on
 // this node whose client is elsewhere (direction "in"), destroy the
 // backend's socket: the backend sees ECONNABORTED, the remote client

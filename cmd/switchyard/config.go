@@ -84,6 +84,11 @@ type config struct {
 	bpfPinPath    string
 	// bpfCountConnections attaches the sockops connection counter.
 	bpfCountConnections bool
+	// rebalance runs the connection rebalancer for Services that opt in
+	// (annotation switchyard.io/rebalance), a round every
+	// rebalanceInterval.
+	rebalance         bool
+	rebalanceInterval time.Duration
 
 	// configFile is --config: a KubeProxyConfiguration and/or a
 	// SwitchyardConfiguration (configfile.go); flags given on the command
@@ -139,6 +144,8 @@ func parseFlags(args []string) (*config, error) {
 	// process on the node (see README, "Socket load balancing").
 	fs.BoolVar(&c.bpfSocketLB, "bpf-socket-lb", false, "BPF socket load balancing: connections from this node's pods and processes to Services go straight to a backend (cgroup connect/sendmsg hooks), counted per backend; the dataplane still serves everything else. Off when the kernel cannot run it (logged)")
 	fs.StringVar(&c.bpfCgroupPath, "bpf-cgroup-path", "", "cgroup v2 directory the socket load balancer attaches to; every process in it or below is affected (default: the cgroup v2 root found in /proc/self/mountinfo)")
+	fs.BoolVar(&c.rebalance, "rebalance", true, "run the connection rebalancer for Services annotated "+dataplane.AnnotationRebalance+"=true (others are never touched): it sheds the fewest long-lived connections so they even out across backends after a scale-up")
+	fs.DurationVar(&c.rebalanceInterval, "rebalance-interval", time.Second, "how often the rebalancer measures connections and sheds (within each Service's rate limit)")
 	fs.BoolVar(&c.bpfCountConnections, "bpf-count-connections", true, "with --bpf-socket-lb: count established TCP connections per backend with a sockops program (metrics, yardctl, the rebalancer); off saves about 1% of connect rate (make bench-ebpf)")
 	fs.StringVar(&c.bpfPinPath, "bpf-pin-path", ebpf.DefaultPinPath, "bpf file system directory the socket load balancer pins its maps and links in, so a restarted agent takes over without interrupting translation (/sys/fs/bpf is mounted when missing); --cleanup unpins it")
 	fs.StringVar(&c.configFile, "config", "", "configuration file: a kube-proxy KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and/or a SwitchyardConfiguration (switchyard.io/v1alpha1); flags given on the command line override it")

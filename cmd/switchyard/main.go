@@ -158,6 +158,20 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 			}
 		}()
 	}
+	if cfg.rebalance {
+		runner, release, err := newRebalancer(cfg, dp, m.AddRebalance())
+		switch {
+		case err != nil:
+			klog.ErrorS(err, "No connection rebalancer; Services keep working")
+		case runner != nil:
+			go func() {
+				runner.Run(ctx, cfg.rebalanceInterval, syncer.View)
+				release()
+			}()
+		default:
+			release()
+		}
+	}
 	klog.InfoS("Starting switchyard", "node", cfg.hostnameOverride, "dataplane", dp.Name(), "standalone", cfg.manifests != "")
 
 	var handler source.Handler = &agentHandler{Tracker: tracker, health: health, metrics: m}

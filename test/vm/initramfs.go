@@ -21,6 +21,8 @@ var DefaultModules = []string{
 	"ip_vs_sed", "ip_vs_nq", "ip_vs_dh", "ip_vs_lblc", "ip_vs_lblcr", "ip_vs_fo", "ip_vs_ovf",
 	// Links.
 	"dummy", "veth",
+	// sock_diag for TCP (socket destroy by the rebalancer; ss).
+	"inet_diag", "tcp_diag",
 	// SCTP sockets for real SCTP traffic (deps: udp_tunnel, ip6_udp_tunnel,
 	// libcrc32c). IPVS and conntrack SCTP support are built in to the Debian
 	// kernel (CONFIG_IP_VS_PROTO_SCTP=y, CONFIG_NF_CT_PROTO_SCTP=y);

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/agentapi"
+	"github.com/switchyard/switchyard/conntrack"
+	"github.com/switchyard/switchyard/conntrack/rebalance"
+	"github.com/switchyard/switchyard/conntrack/shed"
+	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/ebpf"
+	"github.com/switchyard/switchyard/nftables"
+)
+
+// newRebalancer wires the rebalancer's mechanisms for what this node
+// runs: the socket LB's sockets (closed with sock_diag in their network
+// namespace) and, with the nftables dataplane, the flows it DNATs
+// (conntrack-marked, reset by the dataplane's rules). nil when there is
+// no mechanism. The returned func releases what it opened.
+func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Observer) (*rebalance.Runner, func(), error) {
+	var mechs []rebalance.Mechanism
+	var closers []func()
+	release := func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	if lb, ok := findPart[*ebpf.SocketLB](dp); ok && cfg.bpfCountConnections {
+		index := shed.NewNetnsIndex(shed.NetnsIndexConfig{})
+		closer, err := shed.NewSockDiag(index)
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("socket closer: %w", err)
+		}
+		closers = append(closers, func() { index.Close() })
+		mechs = append(mechs, &socketMechanism{lb: lb, closer: closer})
+	}
+	if _, ok := findPart[*nftables.Proxier](dp); ok {
+		ct, err := conntrack.NewNetlink(netns.None())
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("conntrack: %w", err)
+		}
+		closers = append(closers, ct.Close)
+		mechs = append(mechs, &flowMechanism{ct: ct, mark: 1 << nftables.DefaultResetMarkBit, firstSeen: map[string]time.Time{}})
+	}
+	if len(mechs) == 0 {
+		return nil, release, nil
+	}
+	var names []string
+	for _, m := range mechs {
+		names = append(names, m.Name())
+	}
+	klog.InfoS("Rebalancer ready for Services that opt in", "annotation", dataplane.AnnotationRebalance, "mechanisms", names)
+	return rebalance.NewRunner(rebalance.Timing{}, observer, mechs...), release, nil
+}
+
+// socketMechanism sees the sockets of this node the socket LB translated
+// (direction out: a pod or process here connected to a Service) and
+// closes them with sock_diag: the client gets an error and reconnects,
+// the backend a reset.
+type socketMechanism struct {
+	lb      *ebpf.SocketLB
+	closer  shed.Closer
+	targets map[string]shed.Target
+}
+
+func (m *socketMechanism) Name() string { return "socketlb" }
+
+func (m *socketMechanism) Collect(_ context.Context, _ *dataplane.State, now time.Time) (map[dataplane.ServicePortName][]rebalance.Conn, error) {
+	socks, err := m.lb.Sockets()
+	if err != nil {
+		return nil, err
+	}
+	out := map[dataplane.ServicePortName][]rebalance.Conn{}
+	m.targets = map[string]shed.Target{}
+	for _, s := range socks {
+		if s.Direction != ebpf.Out || s.Service == (dataplane.ServicePortName{}) {
+			continue
+		}
+		id := strconv.FormatUint(s.Cookie, 10)
+		m.targets[id] = shed.Target{NetnsCookie: s.NetnsCookie, Local: s.Local, Remote: s.Remote, Cookie: s.Cookie}
+		out[s.Service] = append(out[s.Service], rebalance.Conn{ID: id, Backend: s.Remote, Age: now.Sub(s.Established)})
+	}
+	return out, nil
+}
+
+func (m *socketMechanism) Shed(ctx context.Context, conns []rebalance.Conn) (int, error) {
+	var targets []shed.Target
+	for _, c := range conns {
+		if t, ok := m.targets[c.ID]; ok {
+			targets = append(targets, t)
+		}
+	}
+	res, err := m.closer.Close(ctx, targets)
+	return res.Closed, err
+}
+
+// flowMechanism sees the TCP flows this node DNATs to Services (conntrack)
+// and sheds them by setting the reset bit of their conntrack mark: the
+// nftables dataplane turns the next packet of either end into a TCP reset.
+type flowMechanism struct {
+	ct interface {
+		ListFlows() ([]conntrack.Flow, error)
+		MarkFlows(flows []conntrack.Flow, mark, mask uint32) (int, error)
+	}
+	mark uint32
+	// firstSeen ages flows when the kernel keeps no start time
+	// (nf_conntrack_timestamp off): from the first round that saw them.
+	firstSeen map[string]time.Time
+	flows     map[string]conntrack.Flow
+}
+
+func (m *flowMechanism) Name() string { return "conntrack" }
+
+func (m *flowMechanism) Collect(_ context.Context, st *dataplane.State, now time.Time) (map[dataplane.ServicePortName][]rebalance.Conn, error) {
+	flows, err := m.ct.ListFlows()
+	if err != nil {
+		return nil, err
+	}
+	idx := agentapi.NewFlowIndex(st)
+	out := map[dataplane.ServicePortName][]rebalance.Conn{}
+	seen := map[string]time.Time{}
+	m.flows = map[string]conntrack.Flow{}
+	for _, f := range flows {
+		if f.Protocol != dataplane.TCP || f.TCPState != "ESTABLISHED" || f.Mark&m.mark != 0 {
+			continue
+		}
+		name, ok := idx.Lookup(agentapi.Flow{Flow: f})
+		if !ok || st.Services[name] == nil {
+			continue
+		}
+		id := f.Orig.Src.String() + ">" + f.Orig.Dst.String()
+		first, ok := m.firstSeen[id]
+		if !ok {
+			first = now
+		}
+		seen[id] = first
+		age := now.Sub(first)
+		if !f.Start.IsZero() {
+			age = now.Sub(f.Start)
+		}
+		m.flows[id] = f
+		out[name] = append(out[name], rebalance.Conn{ID: id, Backend: f.Reply.Src, Age: age})
+	}
+	m.firstSeen = seen
+	return out, nil
+}
+
+func (m *flowMechanism) Shed(_ context.Context, conns []rebalance.Conn) (int, error) {
+	var flows []conntrack.Flow
+	for _, c := range conns {
+		if f, ok := m.flows[c.ID]; ok {
+			flows = append(flows, f)
+		}
+	}
+	return m.ct.MarkFlows(flows, m.mark, m.mark)
+}

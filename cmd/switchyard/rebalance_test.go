@@ -1,0 +1,58 @@
+package main
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/conntrack"
+	"github.com/switchyard/switchyard/dataplane"
+)
+
+func TestFlowMechanismAttributesAndMarks(t *testing.T) {
+	st := dataplane.NewState()
+	web := dataplane.ServicePortName{ServiceName: dataplane.ServiceName{Namespace: "ns", Name: "web"}, Protocol: dataplane.TCP}
+	st.Services[web] = &dataplane.ServicePort{Name: web, Port: 80, NodePort: 30080, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}
+	flow := func(src, dst, backend, state string, mark uint32) conntrack.Flow {
+		return conntrack.Flow{Protocol: dataplane.TCP, TCPState: state, Mark: mark,
+			Orig:  conntrack.Tuple{Src: netip.MustParseAddrPort(src), Dst: netip.MustParseAddrPort(dst)},
+			Reply: conntrack.Tuple{Src: netip.MustParseAddrPort(backend), Dst: netip.MustParseAddrPort(src)}}
+	}
+	ct := conntrack.NewFake(
+		flow("10.0.0.1:40000", "10.96.0.10:80", "10.244.0.1:8080", "ESTABLISHED", 0),
+		flow("10.0.0.1:40001", "192.168.0.1:30080", "10.244.0.2:8080", "ESTABLISHED", 0), // NodePort
+		flow("10.0.0.1:40002", "10.96.0.10:80", "10.244.0.1:8080", "TIME_WAIT", 0),
+		flow("10.0.0.1:40003", "10.96.0.10:80", "10.244.0.1:8080", "ESTABLISHED", 0x8000), // being reset
+		flow("10.0.0.1:40004", "10.96.0.99:80", "10.244.0.1:8080", "ESTABLISHED", 0),      // no Service
+		flow("10.0.0.1:40005", "10.244.0.1:8080", "10.244.0.1:8080", "ESTABLISHED", 0),    // not DNATed
+	)
+	m := &flowMechanism{ct: ct, mark: 0x8000, firstSeen: map[string]time.Time{}}
+	t0 := time.Unix(1000, 0)
+	got, err := m.Collect(context.Background(), st, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got[web]) != 2 || len(got) != 1 {
+		t.Fatalf("collected %v, want the two established, unmarked, DNATed flows of web", got)
+	}
+	// Ages count from the first round that saw a flow.
+	got, _ = m.Collect(context.Background(), st, t0.Add(7*time.Second))
+	if got[web][0].Age != 7*time.Second {
+		t.Errorf("age %v after 7s", got[web][0].Age)
+	}
+	n, err := m.Shed(context.Background(), got[web][:1])
+	if err != nil || n != 1 {
+		t.Fatalf("shed: %d, %v", n, err)
+	}
+	flows, _ := ct.ListFlows()
+	marked := 0
+	for _, f := range flows {
+		if f.Mark&0x8000 != 0 {
+			marked++
+		}
+	}
+	if marked != 2 {
+		t.Errorf("%d flows carry the reset mark, want 2 (the one shed and the one already marked)", marked)
+	}
+}

@@ -45,6 +45,10 @@ func TestGrafanaDashboardUsesOurMetrics(t *testing.T) {
 	m.AddBPFSource(func() []BPFConnections {
 		return []BPFConnections{{Service: "s", Backend: "b", Direction: "out", Count: 1}}
 	}, true, 0)
+	rb := m.AddRebalance()
+	rb.ratio.WithLabelValues("s")
+	rb.resets.WithLabelValues("s", "conntrack")
+	rb.errors.WithLabelValues("s", "conntrack")
 	mfs, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,13 @@ import (
 // defaultMasqueradeBit is kube-proxy's --iptables-masquerade-bit default.
 const defaultMasqueradeBit = 14
 
+// DefaultResetMarkBit is the conntrack mark bit that asks for a connection
+// reset when Config.ResetMarkBit is nil (0x8000).
+const DefaultResetMarkBit = 15
+
+// ResetMarkOff, as Config.ResetMarkBit, leaves the reset rules out.
+const ResetMarkOff = -1
+
 // Config is the node-level policy of the nftables dataplane.
 type Config struct {
 	// MasqueradeBit is the packet mark bit (0..31) that asks nat
@@ -43,6 +50,19 @@ type Config struct {
 	// the alternative to dropping: conntrack then accepts out-of-window TCP
 	// segments instead of marking them INVALID.
 	ConntrackTCPBeLiberal bool
+
+	// ResetMarkBit is the conntrack mark bit (0..31; "ct mark", not the
+	// packet mark) that asks the dataplane to reset both ends of a TCP
+	// connection it forwards, or that starts or ends on this node: the
+	// rebalancer sets it on chosen entries (conntrack.Marker) and the
+	// tables turn the connection's next packet into a reset (see the
+	// package documentation, "Resetting marked connections"). nil means
+	// DefaultResetMarkBit (0x8000), ResetMarkOff leaves the rules out;
+	// without marked entries traffic is unaffected. It must differ from
+	// MasqueradeBit: where something copies packet marks into conntrack
+	// marks (CONNMARK --save-mark, "ct mark set meta mark"), a shared bit
+	// would reset every masqueraded connection.
+	ResetMarkBit *int
 }
 
 // withDefaults validates c and returns a copy with defaults filled in,
@@ -57,6 +77,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if bit := *c.MasqueradeBit; bit < 0 || bit > 31 {
 		return c, fmt.Errorf("masquerade bit %d out of range 0..31", bit)
+	}
+	bit := DefaultResetMarkBit
+	if c.ResetMarkBit != nil {
+		bit = *c.ResetMarkBit
+	}
+	c.ResetMarkBit = &bit
+	switch {
+	case bit == ResetMarkOff:
+	case bit < 0 || bit > 31:
+		return c, fmt.Errorf("reset mark bit %d out of range 0..31 (or %d: off)", bit, ResetMarkOff)
+	case bit == *c.MasqueradeBit:
+		return c, fmt.Errorf("reset mark bit %d is the masquerade bit", bit)
 	}
 	var err error
 	if c.ClusterCIDRs, err = maskedPrefixes(c.ClusterCIDRs, "cluster CIDR"); err != nil {
@@ -88,3 +120,18 @@ func maskedPrefixes(ps []netip.Prefix, what string) ([]netip.Prefix, error) {
 
 // masqMark is the mark bit as a value.
 func (c Config) masqMark() uint32 { return uint32(1) << *c.MasqueradeBit }
+
+// resetMark is the reset bit as a value; only for a Config with defaults
+// whose bit is not ResetMarkOff.
+func (c Config) resetMark() uint32 { return uint32(1) << *c.ResetMarkBit }
+
+// ResetMark is the conntrack mark value (and mask) that asks for a reset
+// (conntrack.Marker.MarkFlows(flows, m, m)); 0 when the rules are off or
+// the Config is invalid.
+func (c Config) ResetMark() uint32 {
+	cfg, err := c.withDefaults()
+	if err != nil || *cfg.ResetMarkBit == ResetMarkOff {
+		return 0
+	}
+	return uint32(1) << *cfg.ResetMarkBit
+}

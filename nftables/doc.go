@@ -32,6 +32,7 @@
 //	    jump firewall-check: ip daddr . meta l4proto . th dport vmap @firewall-ips -> goto fw-...
 //	filter-input, filter-forward, filter-output (filter, priority -10):
 //	    [ct state invalid drop]   (forward, with Config.ConntrackDropInvalid)
+//	    ct mark & RESET-BIT != 0 meta l4proto tcp jump reset-marked   (see "Resetting marked connections")
 //	    ct state new jump service-endpoints-check / nodeport-endpoints-check
 //	    -> frontends in @no-endpoint-services / @no-endpoint-nodeports goto reject-no-endpoints:
 //	       TCP: reject with tcp reset; others: reject with icmp port-unreachable
@@ -93,6 +94,78 @@
 // to the chosen destination is exactly hairpin. It costs one element per
 // distinct endpoint IP (reference-counted across Services) and one hash
 // lookup per new connection; "ct status dnat" limits it to Service traffic.
+//
+// # Resetting marked connections
+//
+// The conntrack-aware rebalancer sheds long-lived TCP connections from
+// overloaded backends so that their clients reconnect to idle ones. A
+// connection this node forwards (its client outside the node or in a pod,
+// DNATed here to a backend) has neither socket here, so there is no socket
+// to close (package conntrack/shed does that for local ones): the tables
+// reset it instead. The rebalancer sets Config.ResetMarkBit (default
+// 0x8000, conntrack.Marker.MarkFlows) in the connection's conntrack mark,
+// and every filter chain sends TCP packets of such entries to:
+//
+//	reset-marked:
+//	    tcp flags & (syn | rst) != 0 return
+//	    ct mark set ct mark & ~0x8000
+//	    ip length . @th,96,8 & 0xf0 { 40 . 0x50, 44 . 0x60, ..., 80 . 0xf0 } reject with tcp reset
+//	    @th,96,16 set (@th,96,16 & 0xff00) ^ 0x0014        (tcp flags set rst|ack)
+//
+// The connection's next packet, whichever end sends it, decides:
+//
+//   - With payload, it goes on to its receiver as a reset: same sequence
+//     number, the one the receiver expects, so the receiver is reset. The
+//     sender gets no acknowledgement and retransmits; the receiver's stack,
+//     which has no socket any more, answers with a reset that comes back
+//     through this node: the sender is reset too.
+//   - Without payload (a pure ACK, a keepalive probe: the IP length is
+//     exactly the headers' for the TCP data offset, hence the set), it is
+//     rejected with a reset to its sender (nf_reject; the sequence number
+//     is the sender's acknowledgement, so it is accepted). The receiver
+//     lost an acknowledgement: if it has data in flight it retransmits and
+//     the sender's stack resets it; if not, it is reset when it next sends.
+//   - SYN and RST segments pass: an end's own reset must reach the other.
+//
+// Rejecting every packet of a marked connection would reset only the ends
+// that send: the receiver of a rejected request (a server waiting for the
+// next one, the idle connection the planner likes to shed) would keep its
+// end until its own keepalive, and a client waiting for pushed data would
+// wait forever. Rewriting resets the receiver, rejecting the sender; the
+// rules reset at once the end that might otherwise stay quiet and leave the
+// other to TCP's retransmission. TestKernelResetMarked shows both ends
+// reset for each kind of next packet, in both families, masqueraded or
+// not.
+//
+// The bit is cleared by the first packet: the connection is acted on once,
+// and what follows (the ends' own resets) is forwarded and tracked as
+// usual. The resets nf_reject sends are attached to the entry and never
+// tracked, so it is the ends' resets that take the entry to CLOSE, whence
+// it expires (10 s); the agent deletes nothing. Deleting the entry from Go
+// after marking would race with the connection: a packet arriving later
+// starts a new entry by mid-stream pickup (nf_conntrack_tcp_loose), is
+// translated again, maybe to another backend, and nothing resets the ends.
+//
+// The jump sits first in filter-forward, filter-input and filter-output
+// (after the INVALID drop), at priority -10: after prerouting's DNAT and
+// reply de-SNAT, so a forwarded packet of either direction carries the
+// backend's address on the backend side, and nf_reject's reset, attached
+// to the entry, is translated back like any reply (the client sees it come
+// from the Service address). input and output catch connections that
+// start or end on this node (a host-network client or backend); closing
+// the socket is the better tool there, but the rules work too.
+//
+// Limits: the receiver takes a rewritten segment as a reset only at its
+// exact next sequence number (RFC 5961): a retransmission of data it has,
+// or a reordered segment, is ignored or answered with a challenge ACK,
+// and the connection goes on unmarked (the rebalancer sees it still
+// established and may mark it again). The end reset second hears of it
+// from its peer's stack; a firewall there that drops segments of closed
+// connections leaves it to time out. A marked connection that never sends
+// again keeps its mark and is never reset. Only TCP is touched, only in
+// conntrack zone 0 (where MarkFlows looks). Unmarked traffic pays one ct
+// mark test per packet in the filter chains; Config.ResetMarkBit
+// ResetMarkOff leaves the rules out.
 //
 // # Incremental syncs
 //

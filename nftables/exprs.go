@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -249,3 +250,83 @@ func affinityPick(f *family, n uint32, anon, set string, timeout time.Duration) 
 }
 
 const affinityPickAnonIdx = 2
+
+// TCP header fields the reset rules use: the byte whose high nibble is
+// the data offset (header length in 32-bit words), the flags byte after
+// it, and the checksum.
+const (
+	tcpDoffOffset  = 12
+	tcpFlagsOffset = 13
+	tcpCsumOffset  = 16
+
+	tcpFlagSYN = 0x02
+	tcpFlagRST = 0x04
+	tcpFlagACK = 0x10
+)
+
+// matchTCPFlagsAny: "tcp flags & (FLAGS) != 0".
+func matchTCPFlagsAny(flags byte) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1,
+			Base: expr.PayloadBaseTransportHeader, Offset: tcpFlagsOffset, Len: 1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 1, Mask: []byte{flags}, Xor: []byte{0}},
+		cmp(expr.CmpOpNeq, []byte{0}),
+	}
+}
+
+// clearCtMark: "ct mark set ct mark & ~BIT".
+func clearCtMark(bit uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(^bit), Xor: native32(0)},
+		&expr.Ct{Register: reg1, Key: expr.CtKeyMARK, SourceRegister: true},
+	}
+}
+
+// matchNoTCPPayload: "ip length . @th,96,8 & 0xf0 @anon" (ip6: "ip6
+// length"), true when the segment carries no payload: the length field
+// counts exactly the headers. The anonymous set (noTCPPayloadSet) lists
+// the length each data offset (5..15 words) gives; the lookup is at index
+// noTCPPayloadAnonIdx. IPv4 options or IPv6 extension headers make the
+// length larger, so such a segment counts as carrying payload.
+func matchNoTCPPayload(f *family, anon string) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg32_0,
+			Base: expr.PayloadBaseNetworkHeader, Offset: f.lengthOffset, Len: 2},
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg32_0 + 1,
+			Base: expr.PayloadBaseTransportHeader, Offset: tcpDoffOffset, Len: 1},
+		&expr.Bitwise{SourceRegister: reg32_0 + 1, DestRegister: reg32_0 + 1, Len: 1, Mask: []byte{0xf0}, Xor: []byte{0}},
+		&expr.Lookup{SourceRegister: reg32_0, SetName: anon},
+	}
+}
+
+const noTCPPayloadAnonIdx = 3
+
+// noTCPPayloadSet is the anonymous set of matchNoTCPPayload: length .
+// data offset byte (padded to 4 bytes each, as the registers hold them).
+func noTCPPayloadSet(f *family, name string) *anonMap {
+	s := &anonMap{name: name, keyType: nftables.MustConcatSetType(nftables.TypeInetService, nftables.TypeMark),
+		idx: noTCPPayloadAnonIdx}
+	for words := uint32(5); words <= 15; words++ {
+		key := append(be16(uint16(f.lengthOverhead+4*words)), 0, 0, byte(words<<4), 0, 0, 0)
+		s.elems = append(s.elems, nftables.SetElement{Key: key})
+	}
+	return s
+}
+
+// setTCPFlagsRSTACK: "@th,96,16 set (@th,96,16 & 0xff00) ^ 0x0014", i.e.
+// tcp flags set rst|ack, data offset kept. The write is 16 bits wide and
+// aligned because the kernel adjusts the checksum (at tcpCsumOffset) by
+// the difference of the written bytes as a 16-bit word; nft widens its
+// flag writes the same way. A packet with CHECKSUM_PARTIAL (its checksum
+// still to be computed, e.g. from a local socket) is left to the stack.
+func setTCPFlagsRSTACK() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg1,
+			Base: expr.PayloadBaseTransportHeader, Offset: tcpDoffOffset, Len: 2},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 2, Mask: []byte{0xff, 0x00}, Xor: []byte{0x00, tcpFlagRST | tcpFlagACK}},
+		&expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: reg1,
+			Base: expr.PayloadBaseTransportHeader, Offset: tcpDoffOffset, Len: 2,
+			CsumType: expr.CsumTypeInet, CsumOffset: tcpCsumOffset},
+	}
+}

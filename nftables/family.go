@@ -26,6 +26,11 @@ type family struct {
 	// rules, clear of the endpoint (address . port) they build from
 	// NFT_REG32_00: 8 bytes for IPv4, 20 for IPv6.
 	regAffinityKey uint32
+	// lengthOffset is where the header's 16-bit length field is ("ip
+	// length": the whole packet; "ip6 length": what follows the fixed
+	// header); lengthOverhead is what it counts besides the transport
+	// header and payload (the 20-byte IPv4 header without options).
+	lengthOffset, lengthOverhead uint32
 }
 
 // ipv4 is never modified.
@@ -41,6 +46,8 @@ var ipv4 = &family{
 
 	icmpPortUnreachable: 3, // ICMP_PORT_UNREACH
 	regAffinityKey:      unix.NFT_REG32_02,
+	lengthOffset:        2,
+	lengthOverhead:      20,
 }
 
 // ipv6 is never modified.
@@ -57,6 +64,7 @@ var ipv6 = &family{
 	icmpPortUnreachable: 4, // ICMPV6_PORT_UNREACH
 	// The endpoint takes NFT_REG32_00..04; NFT_REG32_08 starts NFT_REG_3.
 	regAffinityKey: unix.NFT_REG32_08,
+	lengthOffset:   4,
 }
 
 // allFamilies are the families switchyard programs, IPv4 first: one table

@@ -35,6 +35,9 @@ const (
 	chainServiceEndpointsCheck  = "service-endpoints-check"
 	chainNodePortEndpointsCheck = "nodeport-endpoints-check"
 	chainReject                 = "reject-no-endpoints"
+	// chainResetMarked turns a packet of a TCP connection whose conntrack
+	// entry carries Config.ResetMarkBit into a reset (see doc.go).
+	chainResetMarked = "reset-marked"
 )
 
 // Named sets and maps.

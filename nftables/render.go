@@ -38,6 +38,7 @@ const (
 	kindFibType
 	kindCtState
 	kindCtStatus
+	kindTCPFlags
 	kindMapData // the result of a map lookup
 )
 
@@ -185,24 +186,50 @@ func (r *ruleRenderer) expr(e expr.Any) {
 }
 
 func (r *ruleRenderer) payload(e *expr.Payload) {
+	name, kind := r.payloadField(e)
 	if e.OperationType != expr.PayloadLoad {
-		r.emit(fmt.Sprintf("[payload write base %d offset %d len %d]", e.Base, e.Offset, e.Len))
+		s := name + " set " + r.load(e.SourceRegister).text
+		// nft leaves the checksum update implicit; a different one must
+		// still compare unequal.
+		switch {
+		case e.CsumType == expr.CsumTypeInet:
+			s += fmt.Sprintf(" [checksum offset %d]", e.CsumOffset)
+		case e.CsumType != expr.CsumTypeNone:
+			s += fmt.Sprintf(" [checksum type %d offset %d]", e.CsumType, e.CsumOffset)
+		}
+		if e.CsumFlags != 0 {
+			s += fmt.Sprintf(" [checksum flags %#x]", e.CsumFlags)
+		}
+		r.emit(s)
 		return
 	}
-	v := regVal{width: int(e.Len), kind: kindHex}
+	r.store(e.DestRegister, regVal{text: name, kind: kind, width: int(e.Len)})
+}
+
+// payloadField names a header field the way nft does: by name when known,
+// else nft's raw "@nh,OFFSET,LENGTH" / "@th,..." in bits.
+func (r *ruleRenderer) payloadField(e *expr.Payload) (string, valueKind) {
+	nh, th := e.Base == expr.PayloadBaseNetworkHeader, e.Base == expr.PayloadBaseTransportHeader
 	switch {
-	case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == r.f.saddrOffset && e.Len == r.f.addrLen:
-		v.text, v.kind = r.f.name+" saddr", kindAddr
-	case e.Base == expr.PayloadBaseNetworkHeader && e.Offset == r.f.daddrOffset && e.Len == r.f.addrLen:
-		v.text, v.kind = r.f.name+" daddr", kindAddr
-	case e.Base == expr.PayloadBaseTransportHeader && e.Offset == 0 && e.Len == 2:
-		v.text, v.kind = "th sport", kindPort
-	case e.Base == expr.PayloadBaseTransportHeader && e.Offset == 2 && e.Len == 2:
-		v.text, v.kind = "th dport", kindPort
-	default:
-		v.text = fmt.Sprintf("@payload(base %d, offset %d, len %d)", e.Base, e.Offset, e.Len)
+	case nh && e.Offset == r.f.saddrOffset && e.Len == r.f.addrLen:
+		return r.f.name + " saddr", kindAddr
+	case nh && e.Offset == r.f.daddrOffset && e.Len == r.f.addrLen:
+		return r.f.name + " daddr", kindAddr
+	case nh && e.Offset == r.f.lengthOffset && e.Len == 2:
+		return r.f.name + " length", kindPort // a big-endian 16-bit number, like a port
+	case th && e.Offset == 0 && e.Len == 2:
+		return "th sport", kindPort
+	case th && e.Offset == 2 && e.Len == 2:
+		return "th dport", kindPort
+	case th && e.Offset == tcpFlagsOffset && e.Len == 1:
+		return "tcp flags", kindTCPFlags
 	}
-	r.store(e.DestRegister, v)
+	base := map[expr.PayloadBase]string{expr.PayloadBaseLLHeader: "@ll", expr.PayloadBaseNetworkHeader: "@nh",
+		expr.PayloadBaseTransportHeader: "@th"}[e.Base]
+	if base == "" {
+		base = "@base" + strconv.Itoa(int(e.Base))
+	}
+	return fmt.Sprintf("%s,%d,%d", base, e.Offset*8, e.Len*8), kindHex
 }
 
 func (r *ruleRenderer) meta(e *expr.Meta) {
@@ -232,8 +259,16 @@ func (r *ruleRenderer) ct(e *expr.Ct) {
 	case expr.CtKeyMARK:
 		name, kind = "ct mark", kindMark
 	}
-	if e.SourceRegister {
+	switch {
+	case e.SourceRegister:
 		r.emit(name + " set " + r.load(e.Register).text)
+		return
+	case e.Register == 0:
+		// google/nftables v0.3.0 does not decode NFTA_CT_SREG, so a "ct
+		// ... set" read back has neither flag nor register (a load can
+		// never target register 0, the verdict). The rules set from
+		// NFT_REG_1 only, so that is where the value is read.
+		r.emit(name + " set " + r.load(reg1).text)
 		return
 	}
 	r.store(e.Register, regVal{text: name, kind: kind, width: 4})
@@ -482,6 +517,10 @@ func formatValue(kind valueKind, b []byte) string {
 		if len(b) == 4 {
 			return flagNames(binaryutil.NativeEndian.Uint32(b), ctStatusNames)
 		}
+	case kindTCPFlags:
+		if len(b) == 1 {
+			return tcpFlagsText(b[0])
+		}
 	}
 	return "0x" + hex.EncodeToString(b)
 }
@@ -500,6 +539,25 @@ var (
 	ctStateNames  = []string{0: "invalid", 1: "established", 2: "related", 3: "new", 6: "untracked"}
 	ctStatusNames = []string{0: "expected", 1: "seen-reply", 2: "assured", 3: "confirmed", 4: "snat", 5: "dnat", 9: "dying"}
 )
+
+var tcpFlagNames = []string{"fin", "syn", "rst", "psh", "ack", "urg", "ecn", "cwr"}
+
+// tcpFlagsText prints TCP flags as nft does: "syn", "(syn | rst)", "0".
+func tcpFlagsText(v byte) string {
+	var parts []string
+	for i, n := range tcpFlagNames {
+		if v&(1<<i) != 0 {
+			parts = append(parts, n)
+		}
+	}
+	switch len(parts) {
+	case 0:
+		return "0"
+	case 1:
+		return parts[0]
+	}
+	return "(" + strings.Join(parts, " | ") + ")"
+}
 
 func flagNames(v uint32, names []string) string {
 	var parts []string

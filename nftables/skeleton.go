@@ -125,11 +125,23 @@ func skeletonChains(cfg Config, f *family) []chainSpec {
 	}
 	ctNew := matchCt(expr.CtKeySTATE, expr.CtStateBitNEW)
 
-	forward := []rule{}
+	// Connections marked for a reset go to chainResetMarked first, in
+	// every filter chain: forwarded ones in both directions, and the ones
+	// this node starts (output, then input for replies) or ends.
+	var input, forward, output []rule
+	resetMarked := resetMarkedRules(cfg, f)
 	if cfg.ConntrackDropInvalid {
 		forward = append(forward, r("", matchCt(expr.CtKeySTATE, expr.CtStateBitINVALID), one(verdict(expr.VerdictDrop))))
 	}
+	if resetMarked != nil {
+		jumpReset := r("", matchCt(expr.CtKeyMARK, cfg.resetMark()), matchL4Proto(protoTCP), one(jump(chainResetMarked)))
+		input, forward, output = append(input, jumpReset), append(forward, jumpReset), append(output, jumpReset)
+	}
+	input = append(input,
+		r("", ctNew, one(jump(chainNodePortEndpointsCheck))),
+		r("", ctNew, one(jump(chainServiceEndpointsCheck))))
 	forward = append(forward, r("", ctNew, one(jump(chainServiceEndpointsCheck))))
+	output = append(output, r("", ctNew, one(jump(chainServiceEndpointsCheck))))
 
 	chains := []chainSpec{
 		base(chainNatPrerouting, nftables.ChainTypeNAT, *nftables.ChainHookPrerouting, priorityDstNAT,
@@ -147,12 +159,9 @@ func skeletonChains(cfg Config, f *family) []chainSpec {
 			// tunnel device, say) is not masqueraded twice.
 			r("", setMark(bit, false)),
 			r("", one(masquerade()))),
-		base(chainFilterInput, nftables.ChainTypeFilter, *nftables.ChainHookInput, priorityFilter,
-			r("", ctNew, one(jump(chainNodePortEndpointsCheck))),
-			r("", ctNew, one(jump(chainServiceEndpointsCheck)))),
+		base(chainFilterInput, nftables.ChainTypeFilter, *nftables.ChainHookInput, priorityFilter, input...),
 		base(chainFilterForward, nftables.ChainTypeFilter, *nftables.ChainHookForward, priorityFilter, forward...),
-		base(chainFilterOutput, nftables.ChainTypeFilter, *nftables.ChainHookOutput, priorityFilter,
-			r("", ctNew, one(jump(chainServiceEndpointsCheck)))),
+		base(chainFilterOutput, nftables.ChainTypeFilter, *nftables.ChainHookOutput, priorityFilter, output...),
 		{name: chainServices, rules: append(
 			[]rule{r("", loadDaddrProtoPort(f), one(vmap(mapServiceIPs)))},
 			nodePortRules(cfg, f, one(vmap(mapServiceNodePorts)))...)},
@@ -177,6 +186,9 @@ func skeletonChains(cfg Config, f *family) []chainSpec {
 			r("", matchL4Proto(protoTCP), one(rejectTCPReset())),
 			r("", one(rejectICMPPortUnreachable(f))),
 		}},
+	}
+	if resetMarked != nil {
+		chains = append(chains, chainSpec{name: chainResetMarked, rules: resetMarked})
 	}
 	if cidrs := f.prefixes(cfg.ClusterCIDRs); len(cidrs) > 0 && !cfg.MasqueradeAll {
 		c := chainSpec{name: chainMasqOutsideCluster}
@@ -212,4 +224,45 @@ func nodePortRules(cfg Config, f *family, tail []expr.Any) []rule {
 
 func sortChains(cs []chainSpec) {
 	slices.SortFunc(cs, func(a, b chainSpec) int { return strings.Compare(a.name, b.name) })
+}
+
+// resetMarkedRules is the chain that resets a TCP connection whose
+// conntrack entry carries the reset bit (nil when Config.ResetMarkBit is
+// off), entered with the first packet of the connection, in either
+// direction, after the bit was set. The sender of that packet is one end,
+// its receiver the other; the packet resets one of them at once and makes
+// sure the other's stack hears of it (doc.go, "Resetting marked
+// connections"):
+//
+//   - SYN and RST segments pass untouched: an end's own reset must arrive.
+//   - The bit is cleared: the connection is acted on once, whatever
+//     happens next, and later packets flow as usual (the reset end's
+//     stack answers them with a reset of its own, which conntrack sees,
+//     so the entry closes and expires).
+//   - A segment without payload (a pure ACK, a keepalive probe) is
+//     rejected with a TCP reset to its sender. Its receiver loses only an
+//     acknowledgement: if it has data in flight it retransmits it, and
+//     the sender's stack, which has no socket any more, answers with a
+//     reset.
+//   - A segment with payload goes on to its receiver as a reset instead
+//     (flags set to RST|ACK, same sequence number, which is the one the
+//     receiver expects): the receiver is reset. Its sender got no
+//     acknowledgement and retransmits; the receiver's stack answers that
+//     with a reset.
+//
+// Either way the end reset first is the one that would otherwise wait:
+// rejecting a data segment would leave its receiver (a server waiting
+// for requests, say) open for as long as it stays quiet.
+func resetMarkedRules(cfg Config, f *family) []rule {
+	if *cfg.ResetMarkBit == ResetMarkOff {
+		return nil
+	}
+	noPayload := newRule(f, "no payload: reset the sender", matchNoTCPPayload(f, anonSetName(chainResetMarked)), one(rejectTCPReset()))
+	noPayload.anons = []*anonMap{noTCPPayloadSet(f, anonSetName(chainResetMarked))}
+	return []rule{
+		newRule(f, "", matchTCPFlagsAny(tcpFlagSYN|tcpFlagRST), one(verdict(expr.VerdictReturn))),
+		newRule(f, "", clearCtMark(cfg.resetMark())),
+		noPayload,
+		newRule(f, "payload: becomes a reset of the receiver", setTCPFlagsRSTACK()),
+	}
 }

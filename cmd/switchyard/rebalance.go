@@ -16,6 +16,7 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/ebpf"
 	"github.com/switchyard/switchyard/nftables"
+	"github.com/switchyard/switchyard/sysctl"
 )
 
 // newRebalancer wires the rebalancer's mechanisms for what this node
@@ -48,7 +49,14 @@ func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Obser
 			return nil, nil, fmt.Errorf("conntrack: %w", err)
 		}
 		closers = append(closers, ct.Close)
-		mechs = append(mechs, &flowMechanism{ct: ct, mark: 1 << nftables.DefaultResetMarkBit, firstSeen: map[string]time.Time{}})
+		// Idle times come from what is left of each entry's timer; the
+		// timeouts are read once (a failure only loses the preference
+		// for idle connections).
+		timeouts, err := conntrack.ReadTCPTimeouts(sysctl.New())
+		if err != nil {
+			klog.InfoS("Rebalancer cannot tell idle connections apart", "err", err)
+		}
+		mechs = append(mechs, &flowMechanism{ct: ct, mark: 1 << nftables.DefaultResetMarkBit, timeouts: timeouts, firstSeen: map[string]time.Time{}})
 	}
 	if len(mechs) == 0 {
 		return nil, release, nil
@@ -110,7 +118,8 @@ type flowMechanism struct {
 		ListFlows() ([]conntrack.Flow, error)
 		MarkFlows(flows []conntrack.Flow, mark, mask uint32) (int, error)
 	}
-	mark uint32
+	mark     uint32
+	timeouts conntrack.TCPTimeouts
 	// firstSeen ages flows when the kernel keeps no start time
 	// (nf_conntrack_timestamp off): from the first round that saw them.
 	firstSeen map[string]time.Time
@@ -147,7 +156,7 @@ func (m *flowMechanism) Collect(_ context.Context, st *dataplane.State, now time
 			age = now.Sub(f.Start)
 		}
 		m.flows[id] = f
-		out[name] = append(out[name], rebalance.Conn{ID: id, Backend: f.Reply.Src, Age: age})
+		out[name] = append(out[name], rebalance.Conn{ID: id, Backend: f.Reply.Src, Age: age, Idle: f.Idle(m.timeouts)})
 	}
 	m.firstSeen = seen
 	return out, nil

@@ -138,7 +138,7 @@ func (m *flowMechanism) Collect(_ context.Context, st *dataplane.State, now time
 	seen := map[string]time.Time{}
 	m.flows = map[string]conntrack.Flow{}
 	for _, f := range flows {
-		if f.Protocol != dataplane.TCP || f.TCPState != "ESTABLISHED" || f.Mark&m.mark != 0 {
+		if f.Protocol != dataplane.TCP || f.TCPState != "ESTABLISHED" {
 			continue
 		}
 		name, ok := idx.Lookup(agentapi.Flow{Flow: f})
@@ -156,7 +156,8 @@ func (m *flowMechanism) Collect(_ context.Context, st *dataplane.State, now time
 			age = now.Sub(f.Start)
 		}
 		m.flows[id] = f
-		out[name] = append(out[name], rebalance.Conn{ID: id, Backend: f.Reply.Src, Age: age, Idle: f.Idle(m.timeouts)})
+		// A marked flow is waiting for its next packet to be reset.
+		out[name] = append(out[name], rebalance.Conn{ID: id, Backend: f.Reply.Src, Age: age, Idle: f.Idle(m.timeouts), Closing: f.Mark&m.mark != 0})
 	}
 	m.firstSeen = seen
 	return out, nil

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/conntrack"
+	"github.com/switchyard/switchyard/conntrack/rebalance"
 	"github.com/switchyard/switchyard/dataplane"
 )
 
@@ -33,15 +34,30 @@ func TestFlowMechanismAttributesAndMarks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got[web]) != 2 || len(got) != 1 {
-		t.Fatalf("collected %v, want the two established, unmarked, DNATed flows of web", got)
+	if len(got[web]) != 3 || len(got) != 1 {
+		t.Fatalf("collected %v, want the three established DNATed flows of web", got)
+	}
+	closing := 0
+	for _, c := range got[web] {
+		if c.Closing {
+			closing++
+		}
+	}
+	if closing != 1 {
+		t.Errorf("%d flows reported closing, want the marked one", closing)
 	}
 	// Ages count from the first round that saw a flow.
 	got, _ = m.Collect(context.Background(), st, t0.Add(7*time.Second))
 	if got[web][0].Age != 7*time.Second {
 		t.Errorf("age %v after 7s", got[web][0].Age)
 	}
-	n, err := m.Shed(context.Background(), got[web][:1])
+	var open []rebalance.Conn
+	for _, c := range got[web] {
+		if !c.Closing {
+			open = append(open, c)
+		}
+	}
+	n, err := m.Shed(context.Background(), open[:1])
 	if err != nil || n != 1 {
 		t.Fatalf("shed: %d, %v", n, err)
 	}

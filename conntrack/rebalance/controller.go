@@ -94,10 +94,22 @@ func (c *Controller) Round(name dataplane.ServicePortName, spec *dataplane.Rebal
 	st.shedAt = slices.DeleteFunc(st.shedAt, func(t time.Time) bool { return now.Sub(t) > c.timing.ReconnectWindow })
 	st.shedAt = st.shedAt[min(arrivals, len(st.shedAt)):]
 
+	// Connections shed but still there (marked, idle since) will move
+	// too: pending as long as they are visible, not only for the
+	// reconnect window.
+	var active []Conn
+	closing := 0
+	for _, conn := range conns {
+		if conn.Closing {
+			closing++
+		} else {
+			active = append(active, conn)
+		}
+	}
 	plan := Compute(Input{
 		Backends:  sorted,
-		Conns:     conns,
-		Pending:   len(st.shedAt),
+		Conns:     active,
+		Pending:   max(len(st.shedAt), closing),
 		Tolerance: spec.Tolerance,
 		MinAge:    spec.MinAge,
 	})

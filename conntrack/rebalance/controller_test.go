@@ -152,3 +152,34 @@ func TestControllerScaleUpSimulation(t *testing.T) {
 	}
 	t.Logf("balanced %v after the scale-up with %d resets (100 resets/s)", balancedAt, resets)
 }
+
+// TestControllerIdleMarkedConnectionsAreNotShedTwice: shed connections
+// that stay (a marked conntrack flow waits for its next packet, which an
+// idle client may not send for minutes) count as moving for as long as
+// they are visible, not only for the reconnect window.
+func TestControllerIdleMarkedConnectionsAreNotShedTwice(t *testing.T) {
+	c := NewController(Timing{Settle: time.Second, ReconnectWindow: 5 * time.Second})
+	t0 := time.Unix(1000, 0)
+	backends := []netip.AddrPort{be(1), be(2), be(3), be(4)}
+	all := append(conns(1, 20), conns(2, 20)...)
+	c.Round(web, spec(1000), backends, all, t0)
+	_, shed := c.Round(web, spec(1000), backends, all, t0.Add(2*time.Second))
+	if len(shed) != 18 {
+		t.Fatalf("first round shed %d, want the minimum 18", len(shed))
+	}
+	marked := map[string]bool{}
+	for _, s := range shed {
+		marked[s.ID] = true
+	}
+	for i := range all {
+		all[i].Closing = marked[all[i].ID]
+	}
+	total := len(shed)
+	for k := 1; k <= 10; k++ {
+		_, shed = c.Round(web, spec(1000), backends, all, t0.Add(time.Duration(2+3*k)*time.Second))
+		total += len(shed)
+	}
+	if total != 18 {
+		t.Errorf("%d sheds over 30 s of idle marked connections, want 18", total)
+	}
+}

@@ -25,6 +25,10 @@ type Conn struct {
 	Age time.Duration
 	// Idle is the time since its last packet; zero when unknown.
 	Idle time.Duration
+	// Closing: shed already and not gone yet (a conntrack flow marked
+	// for reset that has not sent since). It is about to move: counted
+	// as a reconnect in flight, never a candidate again.
+	Closing bool
 }
 
 // Input is what the planner looks at for one Service port.

@@ -33,7 +33,7 @@ func (m *Metrics) AddRebalance() *Rebalance {
 			Help: "Rebalancer rounds by outcome: balanced, shed, dry-run, settling, rate-limited, min-age, single-backend, no-connections"},
 			[]string{"service", "outcome"}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "rebalance_resets_total",
-			Help: "Connections the rebalancer closed, by mechanism (socketlb: sockets on this node; conntrack: flows this node NATs)"},
+			Help: "Connections the rebalancer closed, by mechanism (socketlb: sockets on this node, destroyed; conntrack: flows this node NATs, marked for the dataplane to reset at their next packet)"},
 			[]string{"service", "mechanism"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "rebalance_errors_total",
 			Help: "Rebalancer attempts to close connections that failed, by mechanism"},

@@ -25,7 +25,7 @@ func TestRebalanceMetrics(t *testing.T) {
 # HELP switchyard_rebalance_imbalance_ratio max/mean of established connections per backend of an opted-in Service port, as the last rebalancer round measured it (reconnects in flight placed on the least-loaded backends)
 # TYPE switchyard_rebalance_imbalance_ratio gauge
 switchyard_rebalance_imbalance_ratio{service="ns/web:http/tcp"} 2
-# HELP switchyard_rebalance_resets_total Connections the rebalancer closed, by mechanism (socketlb: sockets on this node; conntrack: flows this node NATs)
+# HELP switchyard_rebalance_resets_total Connections the rebalancer closed, by mechanism (socketlb: sockets on this node, destroyed; conntrack: flows this node NATs, marked for the dataplane to reset at their next packet)
 # TYPE switchyard_rebalance_resets_total counter
 switchyard_rebalance_resets_total{mechanism="conntrack",service="ns/web:http/tcp"} 18
 # HELP switchyard_rebalance_rounds_total Rebalancer rounds by outcome: balanced, shed, dry-run, settling, rate-limited, min-age, single-backend, no-connections

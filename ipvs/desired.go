@@ -218,6 +218,11 @@ type familyRealServers struct {
 	internal, external map[netip.AddrPort]int
 }
 
+// RebalanceScheduler is the scheduler of Services that opt into the
+// connection rebalancer, unless their scheduler annotation says otherwise:
+// weighted least-connection.
+const RebalanceScheduler = "wlc"
+
 func newPortDesired(name dataplane.ServicePortName, sp *dataplane.ServicePort, st *dataplane.State, cfg Config) portDesired {
 	pd := portDesired{
 		tmpl:     DesiredVS{Service: name, Scheduler: cfg.Scheduler},
@@ -228,6 +233,12 @@ func newPortDesired(name dataplane.ServicePortName, sp *dataplane.ServicePort, s
 	}
 	if pd.tmpl.Scheduler == "" {
 		pd.tmpl.Scheduler = DefaultScheduler
+	}
+	if sp.Rebalance != nil {
+		// A Service that asked for rebalancing gets its new (and
+		// reconnecting) connections on the least-loaded real servers,
+		// so shed clients land on the new pods.
+		pd.tmpl.Scheduler = RebalanceScheduler
 	}
 	if sp.Scheduler != "" {
 		pd.tmpl.Scheduler = sp.Scheduler

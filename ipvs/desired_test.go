@@ -61,6 +61,14 @@ func TestDesired(t *testing.T) {
 			a.Scheduler = "lc"
 			put(st, a, ready("10.244.1.5:80"))
 			put(st, svc("default/b", "", dataplane.TCP, 80, "10.96.0.51"), ready("10.244.1.6:80"))
+			// Opted into rebalancing: least connections, unless annotated.
+			c := svc("default/c", "", dataplane.TCP, 80, "10.96.0.52")
+			c.Rebalance = &dataplane.RebalanceSpec{Tolerance: 0.1}
+			put(st, c, ready("10.244.1.7:80"))
+			d := svc("default/d", "", dataplane.TCP, 80, "10.96.0.53")
+			d.Rebalance = &dataplane.RebalanceSpec{Tolerance: 0.1}
+			d.Scheduler = "sh"
+			put(st, d, ready("10.244.1.8:80"))
 		},
 	}, {
 		name: "session-affinity",

@@ -42,7 +42,8 @@ const (
 	dirOut = 0
 	dirIn  = 1
 
-	flagAffinity = 1
+	flagAffinity  = 1
+	flagLeastConn = 2
 )
 
 // groupKey names one BPF service: the frontends of one Service port in one
@@ -62,6 +63,9 @@ type group struct {
 	// slots lists backends in slot order, each repeated by its weight.
 	slots           []netip.AddrPort
 	affinityTimeout uint32 // seconds; 0 without ClientIP affinity
+	// leastConn steers new connections to the less loaded of two random
+	// backends (Services that opt into rebalancing).
+	leastConn bool
 }
 
 // desiredState is what the maps should hold for a State.
@@ -162,7 +166,7 @@ func (d *desiredState) addFamily(st *dataplane.State, sp *dataplane.ServicePort,
 		if len(frontends) == 0 {
 			return
 		}
-		g := &group{frontends: frontends, affinityTimeout: affinity}
+		g := &group{frontends: frontends, affinityTimeout: affinity, leastConn: sp.Rebalance != nil}
 		weighted := make([]dataplane.WeightedEndpoint, len(eps))
 		for i, e := range eps {
 			// Weight 1 for every endpoint, as nftables and IPVS give.

@@ -592,3 +592,47 @@ func TestWithoutConnectionCounting(t *testing.T) {
 		t.Errorf("counts with counting off: %v", got)
 	}
 }
+
+// TestRebalancedServiceSteersToLessLoaded: for a Service that opted into
+// rebalancing, connect picks the less loaded of two random backends by
+// this node's sockops counts. Backend A already holds 60 connections; of
+// 120 new ones through the ClusterIP, B gets far more than the half it
+// would get at random (expected ~90: the two even out at ~90 each; at
+// random 60 ± 5.5, so the threshold of 75 tells the two apart).
+func TestRebalancedServiceSteersToLessLoaded(t *testing.T) {
+	e := newEnv(t)
+	lb := e.newLB(t, "")
+	st := dataplane.NewState()
+	a, b := e.v4Backends()[0], e.v4Backends()[1]
+	sp := service(st, "steered", dataplane.TCP, 80, []netip.Addr{clusterIP4}, []netip.Addr{a, b})
+	sp.Rebalance = &dataplane.RebalanceSpec{Tolerance: 0.1}
+	syncFull(t, lb, st)
+	hold := func(addr string) string {
+		t.Helper()
+		c, err := netnstest.Dial(e.client, "tcp", addr, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		reply, err := netnstest.Exchange(c, "x", 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _, _ := netnstest.ReplyID(reply)
+		return id
+	}
+	for range 60 {
+		hold(hostPort(a, backendPort))
+	}
+	waitCounts(t, lb, map[string]uint64{
+		hostPort(a, backendPort) + "/out": 60, hostPort(a, backendPort) + "/in": 60,
+	})
+	got := map[string]int{}
+	for range 120 {
+		got[hold(hostPort(clusterIP4, 80))]++
+	}
+	if got[b.String()] < 75 {
+		t.Errorf("120 new connections with A holding 60 more: %v; want most on %s", got, b)
+	}
+	t.Logf("with A at 60, new connections went %v", got)
+}

@@ -39,7 +39,8 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define DIR_OUT 0 // this node's socket connected to the backend
 #define DIR_IN 1  // a backend on this node accepted the connection
 
-#define SERVICE_AFFINITY 1 // service.flags: ClientIP session affinity
+#define SERVICE_AFFINITY 1   // service.flags: ClientIP session affinity
+#define SERVICE_LEAST_CONN 2 // service.flags: steer to the less loaded of two random picks
 
 // count_connections is set by the loader: 0 when sockops is not attached
 // (connection counting off), so translated TCP sockets keep their reverse
@@ -247,6 +248,17 @@ static __always_inline void get_v6(__u8 *addr, const __u32 *ip6)
 	__builtin_memcpy(addr + 12, &w3, 4);
 }
 
+// load is this node's established connections to a backend (0 when
+// sockops has counted none).
+static __always_inline __u64 load(const struct l4addr *addr)
+{
+	struct l4addr key = *addr;
+	key.proto = PROTO_TCP;
+	key.tag = DIR_OUT;
+	__u64 *n = bpf_map_lookup_elem(&conn_counts, &key);
+	return n ? *n : 0;
+}
+
 // pick_backend chooses a backend of svc_id for the client namespace
 // netns: the affinity entry while it is fresh and its backend still
 // exists, else a random slot (slots repeat a backend by its weight).
@@ -285,6 +297,21 @@ static __always_inline __u32 pick_backend(void *ctx, __u32 svc_id, struct servic
 	be = bpf_map_lookup_elem(&backends, &id);
 	if (!be)
 		return 0;
+	if ((svc->flags & SERVICE_LEAST_CONN) && svc->count > 1) {
+		// Power of two choices over this node's established
+		// connections (sockops counts): reconnects of a rebalanced
+		// Service land on the less loaded backends.
+		skey.slot = (__u16)(bpf_get_prandom_u32() % svc->count) + 1;
+		__u32 *bid2 = bpf_map_lookup_elem(&slots, &skey);
+		if (bid2 && *bid2 != id) {
+			__u32 id2 = *bid2;
+			struct backend *be2 = bpf_map_lookup_elem(&backends, &id2);
+			if (be2 && load(&be2->addr) < load(&be->addr)) {
+				id = id2;
+				be = be2;
+			}
+		}
+	}
 	if (svc->flags & SERVICE_AFFINITY) {
 		struct affinity_value av = {.last_ns = now, .backend_id = id};
 		bpf_map_update_elem(&affinity, &akey, &av, BPF_ANY);

@@ -244,7 +244,7 @@ func (s *SocketLB) apply(w *writer, want *desiredState) error {
 			slots = append(slots, bid)
 			keep[bid] = true
 		}
-		if err := w.service(id, slots, cur, grp.affinityTimeout); err != nil {
+		if err := w.service(id, slots, cur, grp); err != nil {
 			return fmt.Errorf("service %s: %w", g.name, err)
 		}
 		for _, f := range grp.frontends {
@@ -344,12 +344,15 @@ func (s *SocketLB) apply(w *writer, want *desiredState) error {
 // service writes one BPF service: when its slots change, the new slots
 // under the other generation first, then the entry that flips to them.
 // The previous generation's slots are deleted with the other stale slots.
-func (w *writer) service(id uint32, slots, cur []uint32, affinity uint32) error {
+func (w *writer) service(id uint32, slots, cur []uint32, grp *group) error {
 	o, k := w.o, w.k
 	old, exists := k.services[id]
-	want := socklbService{Count: uint32(len(slots)), Gen: old.Gen, AffinityTimeout: affinity}
-	if affinity > 0 {
-		want.Flags = flagAffinity
+	want := socklbService{Count: uint32(len(slots)), Gen: old.Gen, AffinityTimeout: grp.affinityTimeout}
+	if grp.affinityTimeout > 0 {
+		want.Flags |= flagAffinity
+	}
+	if grp.leastConn {
+		want.Flags |= flagLeastConn
 	}
 	if !exists || !slices.Equal(slots, cur) || cur == nil && len(slots) > 0 {
 		if exists && len(slots) > 0 {

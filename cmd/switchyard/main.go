@@ -13,8 +13,10 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard/switchyard/conntrack/rebalance"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/dataplane/healthcheck"
 	"github.com/switchyard/switchyard/dataplane/metrics"
@@ -158,8 +160,24 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 			}
 		}()
 	}
+	// With a cluster: one client for the informers and the rebalancer's
+	// Events.
+	var client kubernetes.Interface
+	if cfg.manifests == "" {
+		c, err := source.ClientFromFlags(cfg.kubeconfig, cfg.master)
+		if err != nil {
+			return err
+		}
+		client = c
+	}
 	if cfg.rebalance {
-		runner, release, err := newRebalancer(cfg, dp, m.AddRebalance())
+		var observer rebalance.Observer = m.AddRebalance()
+		if client != nil {
+			recorder, stop := newEventRecorder(client, cfg.hostnameOverride)
+			defer stop()
+			observer = eventObserver{Observer: observer, recorder: recorder, node: cfg.hostnameOverride}
+		}
+		runner, release, err := newRebalancer(cfg, dp, observer)
 		switch {
 		case err != nil:
 			klog.ErrorS(err, "No connection rebalancer; Services keep working")
@@ -182,7 +200,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 		handler = &agentPodHandler{agentHandler: handler.(*agentHandler), PodHandler: hp}
 	}
 	srcErr := make(chan error, 1)
-	go func() { srcErr <- runSource(ctx, cfg, handler, syncer.Notify) }()
+	go func() { srcErr <- runSource(ctx, cfg, client, handler, syncer.Notify) }()
 	syncDone := make(chan struct{})
 	go func() { syncer.Run(ctx); close(syncDone) }()
 
@@ -200,15 +218,14 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	}
 }
 
-func runSource(ctx context.Context, cfg *config, h source.Handler, notify func()) error {
+func runSource(ctx context.Context, cfg *config, client kubernetes.Interface, h source.Handler, notify func()) error {
 	if cfg.manifests != "" {
 		return source.RunManifests(ctx, cfg.manifests, h, notify, func(p source.ManifestProblem) {
 			klog.ErrorS(nil, "Manifest problem", "problem", p)
 		})
 	}
-	client, err := source.ClientFromFlags(cfg.kubeconfig, cfg.master)
-	if err != nil {
-		return err
+	if client == nil {
+		return errors.New("no API server client")
 	}
 	return source.RunInformers(ctx, client, cfg.hostnameOverride, h, notify, source.InformerOptions{ProxyName: cfg.proxyName})
 }

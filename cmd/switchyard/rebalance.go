@@ -3,10 +3,19 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/agentapi"
@@ -171,4 +180,42 @@ func (m *flowMechanism) Shed(_ context.Context, conns []rebalance.Conn) (int, er
 		}
 	}
 	return m.ct.MarkFlows(flows, m.mark, m.mark)
+}
+
+// eventObserver adds a Kubernetes Event on the Service to each round that
+// closes connections (with a cluster; the recorder's correlator folds
+// similar events of one episode together).
+type eventObserver struct {
+	rebalance.Observer
+	recorder record.EventRecorder
+	node     string
+}
+
+func (o eventObserver) Round(name dataplane.ServicePortName, plan rebalance.Plan, toClose int, dryRun bool) {
+	o.Observer.Round(name, plan, toClose, dryRun)
+	if toClose == 0 {
+		return
+	}
+	ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: name.Namespace, Name: name.Name}
+	o.recorder.Eventf(ref, v1.EventTypeNormal, "Rebalancing",
+		"node %s, port %s: closing %d connections (plan %d) so they even out: max/mean %.2f -> %.2f; per backend %s -> %s",
+		o.node, name, toClose, len(plan.Shed), plan.Ratio, plan.RatioAfter, countsText(plan.Before), countsText(plan.After))
+}
+
+// countsText renders per-backend counts in address order.
+func countsText(m map[netip.AddrPort]int) string {
+	keys := slices.SortedFunc(maps.Keys(m), netip.AddrPort.Compare)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
+
+// newEventRecorder sends Events through client as "switchyard" on node.
+// The returned func stops the broadcaster.
+func newEventRecorder(client kubernetes.Interface, node string) (record.EventRecorder, func()) {
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "switchyard", Host: node}), b.Shutdown
 }

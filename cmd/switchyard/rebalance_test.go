@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/tools/record"
+
 	"github.com/switchyard/switchyard/conntrack"
 	"github.com/switchyard/switchyard/conntrack/rebalance"
 	"github.com/switchyard/switchyard/dataplane"
@@ -70,5 +72,35 @@ func TestFlowMechanismAttributesAndMarks(t *testing.T) {
 	}
 	if marked != 2 {
 		t.Errorf("%d flows carry the reset mark, want 2 (the one shed and the one already marked)", marked)
+	}
+}
+
+type nopObserver struct{ rounds int }
+
+func (o *nopObserver) Round(dataplane.ServicePortName, rebalance.Plan, int, bool) { o.rounds++ }
+func (*nopObserver) Closed(dataplane.ServicePortName, string, int, error)         {}
+func (*nopObserver) Forget(dataplane.ServicePortName)                             {}
+
+func TestEventObserverEventOnShedding(t *testing.T) {
+	rec := record.NewFakeRecorder(10)
+	inner := &nopObserver{}
+	o := eventObserver{Observer: inner, recorder: rec, node: "node-a"}
+	web := dataplane.ServicePortName{ServiceName: dataplane.ServiceName{Namespace: "ns", Name: "web"}, Port: "http", Protocol: dataplane.TCP}
+	a, b := netip.MustParseAddrPort("10.244.0.1:8080"), netip.MustParseAddrPort("10.244.0.2:8080")
+	plan := rebalance.Plan{Ratio: 2, RatioAfter: 1, Shed: make([]rebalance.Conn, 5),
+		Before: map[netip.AddrPort]int{a: 10, b: 0}, After: map[netip.AddrPort]int{a: 5, b: 5}}
+	o.Round(web, plan, 0, false) // balanced, settling or dry run: no Event
+	o.Round(web, plan, 5, false)
+	if inner.rounds != 2 {
+		t.Errorf("metrics observer saw %d rounds, want 2", inner.rounds)
+	}
+	close(rec.Events)
+	var got []string
+	for e := range rec.Events {
+		got = append(got, e)
+	}
+	want := "Normal Rebalancing node node-a, port ns/web:http/tcp: closing 5 connections (plan 5) so they even out: max/mean 2.00 -> 1.00; per backend 10.244.0.1:8080=10 10.244.0.2:8080=0 -> 10.244.0.1:8080=5 10.244.0.2:8080=5"
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("events %q, want [%q]", got, want)
 	}
 }

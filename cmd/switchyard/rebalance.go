@@ -3,11 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"maps"
-	"net/netip"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -199,17 +195,7 @@ func (o eventObserver) Round(name dataplane.ServicePortName, plan rebalance.Plan
 	ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: name.Namespace, Name: name.Name}
 	o.recorder.Eventf(ref, v1.EventTypeNormal, "Rebalancing",
 		"node %s, port %s: closing %d connections (plan %d) so they even out: max/mean %.2f -> %.2f; per backend %s -> %s",
-		o.node, name, toClose, len(plan.Shed), plan.Ratio, plan.RatioAfter, countsText(plan.Before), countsText(plan.After))
-}
-
-// countsText renders per-backend counts in address order.
-func countsText(m map[netip.AddrPort]int) string {
-	keys := slices.SortedFunc(maps.Keys(m), netip.AddrPort.Compare)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
-	}
-	return strings.Join(parts, " ")
+		o.node, name, toClose, len(plan.Shed), plan.Ratio, plan.RatioAfter, rebalance.FormatCounts(plan.Before), rebalance.FormatCounts(plan.After))
 }
 
 // newEventRecorder sends Events through client as "switchyard" on node.

@@ -3,6 +3,7 @@ package rebalance
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -111,14 +112,14 @@ func (r *Runner) Once(ctx context.Context, st *dataplane.State, now time.Time) {
 		}
 		if sp.Rebalance.DryRun && len(plan.Shed) > 0 && plan.Reason != "settling" {
 			klog.V(2).InfoS("Rebalancer dry run: would shed connections", "service", name, "shed", len(plan.Shed),
-				"before", countsString(plan.Before), "after", countsString(plan.After), "ratio", plan.Ratio)
+				"before", FormatCounts(plan.Before), "after", FormatCounts(plan.After), "ratio", plan.Ratio)
 		}
 		if len(shed) == 0 {
 			continue
 		}
 		closed := r.shed(ctx, name, shed)
 		klog.InfoS("Rebalanced connections", "service", name, "planned", len(plan.Shed), "closed", closed,
-			"before", countsString(plan.Before), "after", countsString(plan.After),
+			"before", FormatCounts(plan.Before), "after", FormatCounts(plan.After),
 			"ratio", fmt.Sprintf("%.2f", plan.Ratio), "ratioAfter", fmt.Sprintf("%.2f", plan.RatioAfter))
 	}
 }
@@ -199,18 +200,13 @@ func Backends(sp *dataplane.ServicePort, eps []dataplane.Endpoint, node, zone st
 	return out
 }
 
-func countsString(m map[netip.AddrPort]int) string {
-	keys := make([]netip.AddrPort, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, netip.AddrPort.Compare)
-	var b strings.Builder
+// FormatCounts renders per-backend counts ("addr=n ...") in address
+// order, for the round's log line and Event.
+func FormatCounts(m map[netip.AddrPort]int) string {
+	keys := slices.SortedFunc(maps.Keys(m), netip.AddrPort.Compare)
+	parts := make([]string, len(keys))
 	for i, k := range keys {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		fmt.Fprintf(&b, "%s=%d", k, m[k])
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
 	}
-	return b.String()
+	return strings.Join(parts, " ")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/ebpf"
@@ -36,38 +37,20 @@ func NewBPFIter(index *NetnsIndex, d *ebpf.SockDestroyer) (*BPFIter, error) {
 
 // Close implements Closer.
 func (b *BPFIter) Close(ctx context.Context, targets []Target) (Result, error) {
-	res := newResult(len(targets))
-	var errs []error
-	order, groups, norm := groupByNetns(targets, true, &res, &errs)
-	handles, nsErrs := b.index.OpenAll(order)
-	defer func() {
-		for _, h := range handles {
-			_ = h.Close()
-		}
-	}()
-	for _, nc := range order {
-		idx := groups[nc]
-		if err := ctx.Err(); err != nil {
-			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx), nc, err))
-			continue
-		}
-		if err := nsErrs[nc]; err != nil {
-			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets: %w", len(idx), err))
-			continue
-		}
+	return closeByNetns(ctx, b.index, targets, true, func(h netns.NsHandle, nc uint64, idx []int, norm []Target, res *Result, errs *[]error) {
 		cookies := make([]uint64, len(idx))
 		for n, i := range idx {
 			cookies[n] = norm[i].Cookie
 		}
 		var outcomes []error
-		err := inNetns(handles[nc], func() error {
+		err := inNetns(h, func() error {
 			var err error
 			outcomes, err = b.d.DestroyTCP(cookies)
 			return err
 		})
 		if err != nil {
-			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d: %w", len(idx), nc, err))
-			continue
+			failAll(res, errs, idx, fmt.Errorf("shed: %d targets in netns %d: %w", len(idx), nc, err))
+			return
 		}
 		for n, i := range idx {
 			switch o := outcomes[n]; {
@@ -77,12 +60,11 @@ func (b *BPFIter) Close(ctx context.Context, targets []Target) (Result, error) {
 				res.set(i, NotFound)
 			case errors.Is(o, unix.EOPNOTSUPP):
 				res.set(i, Failed)
-				errs = append(errs, fmt.Errorf("shed: close %s: %w: %w", norm[i], ErrNotSupported, o))
+				*errs = append(*errs, fmt.Errorf("shed: close %s: %w: %w", norm[i], ErrNotSupported, o))
 			default:
 				res.set(i, Failed)
-				errs = append(errs, fmt.Errorf("shed: close %s: bpf_sock_destroy: %w", norm[i], o))
+				*errs = append(*errs, fmt.Errorf("shed: close %s: bpf_sock_destroy: %w", norm[i], o))
 			}
 		}
-	}
-	return res, errors.Join(errs...)
+	})
 }

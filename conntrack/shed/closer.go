@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+
+	"github.com/vishvananda/netns"
 )
 
 // Target is one TCP socket on this node to close, seen from its own end:
@@ -142,4 +144,35 @@ func groupByNetns(targets []Target, needCookie bool, res *Result, errs *[]error)
 		groups[n.NetnsCookie] = append(groups[n.NetnsCookie], i)
 	}
 	return order, groups, norm
+}
+
+// closeByNetns is the frame both closers share: the targets validated and
+// grouped by namespace, one handle per namespace, and per namespace either
+// one failure for all its targets (the context ended, the namespace is
+// gone) or closeIn with the namespace's handle, the indexes of its targets
+// and the normalized targets, recording outcomes in res and errs.
+func closeByNetns(ctx context.Context, index *NetnsIndex, targets []Target, needCookie bool,
+	closeIn func(h netns.NsHandle, nc uint64, idx []int, norm []Target, res *Result, errs *[]error)) (Result, error) {
+	res := newResult(len(targets))
+	var errs []error
+	order, groups, norm := groupByNetns(targets, needCookie, &res, &errs)
+	handles, nsErrs := index.OpenAll(order)
+	defer func() {
+		for _, h := range handles {
+			_ = h.Close()
+		}
+	}()
+	for _, nc := range order {
+		idx := groups[nc]
+		if err := ctx.Err(); err != nil {
+			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx), nc, err))
+			continue
+		}
+		if err := nsErrs[nc]; err != nil {
+			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets: %w", len(idx), err))
+			continue
+		}
+		closeIn(handles[nc], nc, idx, norm, &res, &errs)
+	}
+	return res, errors.Join(errs...)
 }

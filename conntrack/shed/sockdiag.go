@@ -45,34 +45,17 @@ func NewSockDiag(index *NetnsIndex) (*SockDiag, error) {
 
 // Close implements Closer.
 func (s *SockDiag) Close(ctx context.Context, targets []Target) (Result, error) {
-	res := newResult(len(targets))
-	var errs []error
-	order, groups, norm := groupByNetns(targets, false, &res, &errs)
-	handles, nsErrs := s.index.OpenAll(order)
-	defer func() {
-		for _, h := range handles {
-			_ = h.Close()
-		}
-	}()
-	for _, nc := range order {
-		idx := groups[nc]
-		if err := ctx.Err(); err != nil {
-			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx), nc, err))
-			continue
-		}
-		if err := nsErrs[nc]; err != nil {
-			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets: %w", len(idx), err))
-			continue
-		}
-		d, err := s.openDiag(handles[nc])
+	return closeByNetns(ctx, s.index, targets, false, func(h netns.NsHandle, nc uint64, idx []int, norm []Target, res *Result, errs *[]error) {
+		d, err := s.openDiag(h)
 		if err != nil {
-			failAll(&res, &errs, idx, fmt.Errorf("shed: %d targets in netns %d: %w", len(idx), nc, err))
-			continue
+			failAll(res, errs, idx, fmt.Errorf("shed: %d targets in netns %d: %w", len(idx), nc, err))
+			return
 		}
+		defer d.close()
 		probeFailed := map[error]int{} // one error per family, not per target
 		for n, i := range idx {
 			if err := ctx.Err(); err != nil {
-				failAll(&res, &errs, idx[n:], fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx)-n, nc, err))
+				failAll(res, errs, idx[n:], fmt.Errorf("shed: %d targets in netns %d not tried: %w", len(idx)-n, nc, err))
 				break
 			}
 			st, err := d.destroy(norm[i])
@@ -82,15 +65,13 @@ func (s *SockDiag) Close(ctx context.Context, targets []Target) (Result, error) 
 			case d.isProbeError(err):
 				probeFailed[err]++
 			default:
-				errs = append(errs, fmt.Errorf("shed: close %s: %w", norm[i], err))
+				*errs = append(*errs, fmt.Errorf("shed: close %s: %w", norm[i], err))
 			}
 		}
 		for err, n := range probeFailed {
-			errs = append(errs, fmt.Errorf("shed: %d targets in netns %d: %w", n, nc, err))
+			*errs = append(*errs, fmt.Errorf("shed: %d targets in netns %d: %w", n, nc, err))
 		}
-		d.close()
-	}
-	return res, errors.Join(errs...)
+	})
 }
 
 func failAll(res *Result, errs *[]error, idx []int, err error) {

@@ -8,7 +8,6 @@ import (
 
 	cebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
-	"golang.org/x/sys/unix"
 )
 
 // attachment is one program and the cgroup hook it runs at.
@@ -96,17 +95,10 @@ func Probe() error {
 }
 
 // removeMemlock lifts RLIMIT_MEMLOCK for kernels that charge BPF memory to
-// it (before 5.11). cilium/ebpf's rlimit probes the kernel when the
-// process starts; where that probe failed (a process started before /proc
-// was mounted, as the VM's init), set the limit directly.
+// it (before 5.11), for every loader of the package.
 func removeMemlock() error {
-	err := rlimit.RemoveMemlock()
-	if err == nil {
-		return nil
-	}
-	inf := unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
-	if serr := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &inf); serr != nil {
-		return fmt.Errorf("remove memlock limit: %w (%w)", serr, err)
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("remove memlock limit: %w", err)
 	}
 	return nil
 }

@@ -153,3 +153,15 @@ func addrStrings(as []netip.Addr) []string {
 }
 
 func hostPort(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
+
+// untranslated reports whether a TCP connect from the client to addr
+// fails: nothing routes service IPs there, so only a translated connect
+// succeeds. A connection that did succeed is closed.
+func (e *env) untranslated(addr string) bool {
+	c, err := netnstest.Dial(e.client, "tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return true
+}

@@ -53,6 +53,9 @@ func (s *State) Dump() string {
 				b.WriteString(",dryRun")
 			}
 		}
+		if sp.MaxConnectionsPerBackend > 0 {
+			fmt.Fprintf(&b, " maxConnsPerBackend=%d", sp.MaxConnectionsPerBackend)
+		}
 		b.WriteByte('\n')
 		for _, e := range s.Endpoints[name] {
 			fmt.Fprintf(&b, "  %s%s", e.Addr, conditions(e))
@@ -67,6 +70,9 @@ func (s *State) Dump() string {
 			}
 			if len(e.NodeHints) > 0 {
 				fmt.Fprintf(&b, " nodeHints=%s", strings.Join(e.NodeHints, ","))
+			}
+			if w, ok := s.Weights[name][e.Addr]; ok {
+				fmt.Fprintf(&b, " weight=%d", w)
 			}
 			b.WriteByte('\n')
 		}

@@ -124,6 +124,11 @@ type ServicePort struct {
 	// Rebalance holds the conntrack rebalancer opt-in; nil when the Service
 	// did not opt in.
 	Rebalance *RebalanceSpec
+
+	// MaxConnectionsPerBackend > 0 caps the connections this node opens to
+	// each backend (switchyard.io/max-connections-per-backend); 0 means no
+	// limit.
+	MaxConnectionsPerBackend int
 }
 
 // RebalanceSpec is the per-Service rebalancer configuration.
@@ -161,7 +166,8 @@ func (sp *ServicePort) Equal(o *ServicePort) bool {
 		sp.InternalPolicyLocal == o.InternalPolicyLocal &&
 		sp.HealthCheckNodePort == o.HealthCheckNodePort &&
 		slices.Equal(sp.LoadBalancerSourceRanges, o.LoadBalancerSourceRanges) &&
-		equalRebalance(sp.Rebalance, o.Rebalance)
+		equalRebalance(sp.Rebalance, o.Rebalance) &&
+		sp.MaxConnectionsPerBackend == o.MaxConnectionsPerBackend
 }
 
 func equalRebalance(a, b *RebalanceSpec) bool {
@@ -216,6 +222,13 @@ type State struct {
 	// NodeIPs are this node's primary addresses (from the Node object, or
 	// --node-ip), sorted; may be empty in standalone mode.
 	NodeIPs []netip.Addr
+
+	// Weights steer new connections of opted-in Service ports (the
+	// rebalancer sets them from live connection counts): an endpoint's
+	// share among those CategorizeEndpoints chose; endpoints absent or at
+	// 0 get none. Absent for a port, or none of its chosen endpoints with
+	// a positive weight: equal shares. See WeightEndpoints.
+	Weights map[ServicePortName]map[netip.AddrPort]int
 }
 
 // NewState returns an empty State.
@@ -223,6 +236,7 @@ func NewState() *State {
 	return &State{
 		Services:  map[ServicePortName]*ServicePort{},
 		Endpoints: map[ServicePortName][]Endpoint{},
+		Weights:   map[ServicePortName]map[netip.AddrPort]int{},
 	}
 }
 

@@ -37,6 +37,7 @@ type Tracker struct {
 	servicesSync  bool
 	slicesSynced  bool
 	pendingEvents int
+	weights       map[ServicePortName]map[netip.AddrPort]int
 
 	state *State // owned by the sync goroutine
 }
@@ -56,6 +57,7 @@ func NewTracker(nodeName string, opts TranslateOptions, report func(Problem)) *T
 		services: map[ServiceName][]*ServicePort{},
 		slices:   map[ServiceName]map[string]*discovery.EndpointSlice{},
 		dirty:    map[ServiceName]struct{}{},
+		weights:  map[ServicePortName]map[netip.AddrPort]int{},
 		nodeName: nodeName,
 		state:    st,
 	}
@@ -158,6 +160,23 @@ func (t *Tracker) OnNodeUpsert(node *v1.Node) {
 // NodeName is the name of the node the Tracker programs for.
 func (t *Tracker) NodeName() string { return t.nodeName }
 
+// SetWeights records the steering weights of a Service port (the
+// rebalancer's; see State.Weights); nil or empty clears them. The Service
+// syncs again only when they differ from what it has.
+func (t *Tracker) SetWeights(name ServicePortName, weights map[netip.AddrPort]int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if maps.Equal(t.weights[name], weights) {
+		return
+	}
+	if len(weights) == 0 {
+		delete(t.weights, name)
+	} else {
+		t.weights[name] = maps.Clone(weights)
+	}
+	t.markLocked(name.ServiceName)
+}
+
 // SetNodeIPs fixes this node's addresses (--node-ip, or standalone mode
 // without a Node object); the Node object's addresses are then ignored.
 func (t *Tracker) SetNodeIPs(ips []netip.Addr) {
@@ -247,6 +266,12 @@ func (t *Tracker) Drain() (*State, Changes) {
 	for n := range dirty {
 		inputs[n] = input{ports: t.services[n], slices: slices.Collect(maps.Values(t.slices[n]))}
 	}
+	weights := map[ServicePortName]map[netip.AddrPort]int{}
+	for name, w := range t.weights {
+		if _, ok := dirty[name.ServiceName]; ok {
+			weights[name] = w // never modified in place: SetWeights replaces
+		}
+	}
 	t.mu.Unlock()
 
 	changes := Changes{Services: map[ServiceName]struct{}{}}
@@ -264,6 +289,9 @@ func (t *Tracker) Drain() (*State, Changes) {
 		if t.replaceService(n, in.ports, eps) {
 			changes.Services[n] = struct{}{}
 		}
+		if t.replaceWeights(n, weights) {
+			changes.Services[n] = struct{}{}
+		}
 	}
 	if nodeDirty {
 		// The zone steers topology-aware routing of every Service.
@@ -272,6 +300,29 @@ func (t *Tracker) Drain() (*State, Changes) {
 		}
 	}
 	return t.state, changes
+}
+
+// replaceWeights sets the steering weights of Service n's ports that
+// exist from weights (the ports of n with steering) and reports whether
+// anything differs.
+func (t *Tracker) replaceWeights(n ServiceName, weights map[ServicePortName]map[netip.AddrPort]int) bool {
+	changed := false
+	for name := range t.state.Weights {
+		if name.ServiceName == n && (weights[name] == nil || t.state.Services[name] == nil) {
+			delete(t.state.Weights, name)
+			changed = true
+		}
+	}
+	for name, w := range weights {
+		if t.state.Services[name] == nil {
+			continue
+		}
+		if !maps.Equal(t.state.Weights[name], w) {
+			t.state.Weights[name] = w
+			changed = true
+		}
+	}
+	return changed
 }
 
 // replaceService swaps one Service's ports and endpoints in the State and

@@ -30,6 +30,12 @@ const (
 	DefaultRebalanceMaxResetsPerSec = 20.0
 	DefaultRebalanceMinAge          = 5 * time.Second
 
+	// AnnotationMaxConnectionsPerBackend caps the established connections
+	// this node opens to each backend of the Service (an L4 circuit
+	// breaker): new connections beyond it are refused with a reset.
+	AnnotationMaxConnectionsPerBackend = "switchyard.io/max-connections-per-backend"
+	MaxConnectionsPerBackendLimit      = 1 << 20
+
 	// DefaultAffinityTimeout is kube-proxy's default ClientIP timeout.
 	DefaultAffinityTimeout = 10800 * time.Second
 )
@@ -149,6 +155,14 @@ func ServicePortsFromService(svc *v1.Service, opts TranslateOptions) ([]*Service
 	}
 
 	rebalance := parseRebalance(svc.Annotations, report)
+	maxConns := 0
+	if v, ok := svc.Annotations[AnnotationMaxConnectionsPerBackend]; ok {
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n > 0 && n <= MaxConnectionsPerBackendLimit {
+			maxConns = n
+		} else {
+			report(false, "invalid-max-connections", "annotation %s=%q is not an integer in [1, %d]; no connection limit", AnnotationMaxConnectionsPerBackend, v, MaxConnectionsPerBackendLimit)
+		}
+	}
 
 	var affinity time.Duration
 	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
@@ -204,6 +218,7 @@ func ServicePortsFromService(svc *v1.Service, opts TranslateOptions) ([]*Service
 			HealthCheckNodePort:      hcPort,
 			LoadBalancerSourceRanges: sourceRanges,
 			Rebalance:                rebalance,
+			MaxConnectionsPerBackend: maxConns,
 		}
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 			switch {

@@ -106,7 +106,10 @@ func nodePortsEnabled(cfg Config, f *family) bool {
 // unmasqueraded, to the Local ones. Traffic whose policy leaves no
 // endpoint while the Service has some elsewhere is dropped; a Service
 // without endpoints at all is rejected.
-func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []dataplane.Endpoint, node nodeInfo) *servicePortState {
+//
+// weights (State.Weights of the port; nil for none) steer new connections
+// among the chosen endpoints.
+func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []dataplane.Endpoint, weights map[netip.AddrPort]int, node nodeInfo) *servicePortState {
 	proto, ok := protoNumber(sp.Name.Protocol)
 	if !ok {
 		return nil
@@ -166,7 +169,7 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 		// Local only the short-circuited traffic of the node (already
 		// marked) and of pods does.
 		masq := masqueradeRules(cfg, f, clusterIP, len(external) > 0 && !sp.ExternalPolicyLocal)
-		ps.addEndpointChain(f, sp, clusterName, masq, sets.Cluster)
+		ps.addEndpointChain(f, sp, clusterName, masq, dataplane.WeightEndpoints(weights, sets.Cluster))
 	}
 	if hasLocal {
 		var masq []rule
@@ -175,7 +178,7 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 		} else if cfg.MasqueradeAll {
 			masq = masqueradeRules(cfg, f, netip.Addr{}, false)
 		}
-		ps.addEndpointChain(f, sp, localName, masq, sets.Local)
+		ps.addEndpointChain(f, sp, localName, masq, dataplane.WeightEndpoints(weights, sets.Local))
 	}
 
 	// Where each kind of traffic goes: a chain, or (none) a drop when the
@@ -261,12 +264,8 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 
 // addEndpointChain adds a chain choosing among eps: the masquerade rules,
 // then with session affinity the client's previous endpoint, then a random
-// one.
-func (ps *servicePortState) addEndpointChain(f *family, sp *dataplane.ServicePort, chain string, masq []rule, eps []dataplane.Endpoint) {
-	weighted := make([]dataplane.WeightedEndpoint, len(eps))
-	for i, e := range eps {
-		weighted[i] = dataplane.WeightedEndpoint{Endpoint: e, Weight: 1}
-	}
+// one by weight.
+func (ps *servicePortState) addEndpointChain(f *family, sp *dataplane.ServicePort, chain string, masq []rule, weighted []dataplane.WeightedEndpoint) {
 	rules := append([]rule(nil), masq...)
 	if sp.SessionAffinityTimeout > 0 {
 		spec := affinitySpec(f, chain)

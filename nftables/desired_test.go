@@ -66,7 +66,7 @@ func TestDesiredServicePortRules(t *testing.T) {
 			}
 			st := newState(tc.svc)
 			n := tc.svc.portName()
-			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], nodeOf(st))
+			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], st.Weights[n], nodeOf(st))
 			if ps == nil || len(ps.chains) == 0 {
 				t.Fatalf("no chain for %v", n)
 			}
@@ -265,7 +265,7 @@ func TestDesiredPolicies(t *testing.T) {
 			tc.edit(&s)
 			st := newState(s)
 			n := s.portName()
-			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], nodeOf(st))
+			ps := desiredServicePort(cfg, ipv4, st.Services[n], st.Endpoints[n], st.Weights[n], nodeOf(st))
 			got := describePort(ps)
 			if want := strings.TrimSpace(dedent(tc.want)); got != want {
 				t.Errorf("got:\n%s\nwant:\n%s", got, want)

@@ -161,7 +161,7 @@ func (p *Proxier) Route(st *dataplane.State, name dataplane.ServicePortName, dst
 	if !dst.Addr().Unmap().Is4() {
 		f = ipv6
 	}
-	ps := desiredServicePort(p.cfg, f, sp, st.Endpoints[name], nodeOf(st))
+	ps := desiredServicePort(p.cfg, f, sp, st.Endpoints[name], st.Weights[name], nodeOf(st))
 	if ps == nil {
 		return nil
 	}

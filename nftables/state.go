@@ -34,7 +34,7 @@ func newTableState() *tableState {
 func buildTableState(logger klog.Logger, cfg Config, f *family, st *dataplane.State) *tableState {
 	ts := newTableState()
 	for _, name := range st.SortedServicePorts() {
-		if ps := desiredServicePort(cfg, f, st.Services[name], st.Endpoints[name], nodeOf(st)); ps != nil {
+		if ps := desiredServicePort(cfg, f, st.Services[name], st.Endpoints[name], st.Weights[name], nodeOf(st)); ps != nil {
 			ts.add(logger, ps)
 		}
 	}

@@ -156,7 +156,7 @@ func planPartial(logger klog.Logger, cfg Config, f *family, ts *tableState, st *
 		if !changes.Has(name.ServiceName) {
 			continue
 		}
-		if ps := desiredServicePort(cfg, f, sp, st.Endpoints[name], nodeOf(st)); ps != nil {
+		if ps := desiredServicePort(cfg, f, sp, st.Endpoints[name], st.Weights[name], nodeOf(st)); ps != nil {
 			after[name] = ps
 		}
 	}

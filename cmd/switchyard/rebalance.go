@@ -20,14 +20,16 @@ import (
 	"github.com/switchyard/switchyard/conntrack/shed"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/ebpf"
+	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/nftables"
 	"github.com/switchyard/switchyard/sysctl"
 )
 
 // newRebalancer wires the rebalancer's mechanisms for what this node
 // runs: the socket LB's sockets (closed with sock_diag in their network
-// namespace) and, with the nftables dataplane, the flows it DNATs
-// (conntrack-marked, reset by the dataplane's rules). nil when there is
+// namespace) and, with the nftables or IPVS dataplane, the flows it
+// NATs (conntrack-marked, reset by nftables' or iptables' reset rules,
+// which run before IPVS sees the packet). nil when there is
 // no mechanism. The returned func releases what it opened.
 func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Observer) (*rebalance.Runner, func(), error) {
 	var mechs []rebalance.Mechanism
@@ -47,7 +49,9 @@ func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Obser
 		closers = append(closers, func() { index.Close() })
 		mechs = append(mechs, &socketMechanism{lb: lb, closer: closer})
 	}
-	if _, ok := findPart[*nftables.Proxier](dp); ok {
+	_, hasNFT := findPart[*nftables.Proxier](dp)
+	_, hasIPT := findPart[*iptables.Proxier](dp) // IPVS's masquerade and reset rules
+	if hasNFT || hasIPT {
 		ct, err := conntrack.NewNetlink(netns.None())
 		if err != nil {
 			release()

@@ -60,12 +60,17 @@ type Syncer struct {
 	lastSuccess time.Time
 	lastErr     error
 	syncs       int
+	// drainedAt is when the last successful sync drained the Tracker;
+	// synced is closed (and replaced) at each successful sync, waking
+	// WaitSynced.
+	drainedAt time.Time
+	synced    chan struct{}
 }
 
 // NewSyncer wires a Tracker to a Dataplane. minSyncPeriod bounds how often
 // the kernel is programmed; syncPeriod is the full-resync interval.
 func NewSyncer(t *Tracker, dp Dataplane, minSyncPeriod, syncPeriod time.Duration) *Syncer {
-	s := &Syncer{tracker: t, dp: dp, needFull: true}
+	s := &Syncer{tracker: t, dp: dp, needFull: true, synced: make(chan struct{})}
 	s.runner = NewRunner(s.syncOnce, minSyncPeriod, syncPeriod)
 	if tr, ok := dp.(Triggerable); ok {
 		tr.SetTrigger(s.runner.Run)
@@ -101,6 +106,26 @@ func (s *Syncer) Notify() {
 // Run syncs until ctx is done.
 func (s *Syncer) Run(ctx context.Context) { s.runner.Loop(ctx) }
 
+// WaitSynced returns once a sync that drained the Tracker at or after
+// since succeeded: what was recorded in the Tracker before since is in
+// the kernel (the rebalancer steers before it sheds). It returns ctx's
+// error if that does not happen first.
+func (s *Syncer) WaitSynced(ctx context.Context, since time.Time) error {
+	for {
+		s.mu.Lock()
+		done, ch := !s.drainedAt.Before(since), s.synced
+		s.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
 // Status reports the time of the last successful sync, the last error (nil
 // after a success) and how many syncs succeeded.
 func (s *Syncer) Status() (lastSuccess time.Time, lastErr error, syncs int) {
@@ -116,6 +141,7 @@ func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
 		klog.V(2).InfoS("Not syncing: sources not synced yet")
 		return nil
 	}
+	drainedAt := time.Now()
 	s.view.Lock()
 	st, changes := s.tracker.Drain()
 	s.state = st
@@ -142,6 +168,9 @@ func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
 	s.lastErr = nil
 	s.lastSuccess = time.Now()
 	s.syncs++
+	s.drainedAt = drainedAt
+	close(s.synced)
+	s.synced = make(chan struct{})
 	klog.V(2).InfoS("Synced", "dataplane", s.dp.Name(), "full", changes.Full, "changedServices", len(changes.Services), "servicePorts", len(st.Services), "elapsed", elapsed)
 	return nil
 }

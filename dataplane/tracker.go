@@ -162,12 +162,13 @@ func (t *Tracker) NodeName() string { return t.nodeName }
 
 // SetWeights records the steering weights of a Service port (the
 // rebalancer's; see State.Weights); nil or empty clears them. The Service
-// syncs again only when they differ from what it has.
-func (t *Tracker) SetWeights(name ServicePortName, weights map[netip.AddrPort]int) {
+// syncs again only when they differ from what it has, which the result
+// reports.
+func (t *Tracker) SetWeights(name ServicePortName, weights map[netip.AddrPort]int) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if maps.Equal(t.weights[name], weights) {
-		return
+		return false
 	}
 	if len(weights) == 0 {
 		delete(t.weights, name)
@@ -175,6 +176,7 @@ func (t *Tracker) SetWeights(name ServicePortName, weights map[netip.AddrPort]in
 		t.weights[name] = maps.Clone(weights)
 	}
 	t.markLocked(name.ServiceName)
+	return true
 }
 
 // SetNodeIPs fixes this node's addresses (--node-ip, or standalone mode

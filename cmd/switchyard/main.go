@@ -182,6 +182,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 		case err != nil:
 			klog.ErrorS(err, "No connection rebalancer; Services keep working")
 		case runner != nil:
+			runner.SteerWith(&syncSteerer{tracker: tracker, syncer: syncer, timeout: cfg.minSyncPeriod + steerSyncMargin, set: map[dataplane.ServicePortName]bool{}})
 			go func() {
 				runner.Run(ctx, cfg.rebalanceInterval, syncer.View)
 				release()

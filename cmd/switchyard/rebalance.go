@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -76,6 +77,47 @@ func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Obser
 	}
 	klog.InfoS("Rebalancer ready for Services that opt in", "annotation", dataplane.AnnotationRebalance, "mechanisms", names)
 	return rebalance.NewRunner(rebalance.Timing{}, observer, mechs...), release, nil
+}
+
+// steerSyncMargin is how long, beyond --min-sync-period, a round waits for
+// the dataplane to apply its steering before it sheds anyway.
+const steerSyncMargin = 2 * time.Second
+
+// syncSteerer steers through the model: the rebalancer's weights go into
+// the Tracker (State.Weights; the nftables dataplane spreads new
+// connections by them) and a sync; Steer returns once that sync is done,
+// so shed clients reconnect under the new weights. IPVS steers by its wlc
+// scheduler and the socket LB by its connection counts, without weights.
+type syncSteerer struct {
+	tracker *dataplane.Tracker
+	syncer  *dataplane.Syncer
+	timeout time.Duration
+	set     map[dataplane.ServicePortName]bool // ports with weights now
+}
+
+func (s *syncSteerer) Steer(ctx context.Context, weights map[dataplane.ServicePortName]map[netip.AddrPort]int) error {
+	since := time.Now()
+	changed := false
+	for name := range s.set {
+		if weights[name] == nil {
+			changed = s.tracker.SetWeights(name, nil) || changed
+			delete(s.set, name)
+		}
+	}
+	for name, w := range weights {
+		changed = s.tracker.SetWeights(name, w) || changed
+		s.set[name] = true
+	}
+	if !changed {
+		return nil
+	}
+	s.syncer.Notify()
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.syncer.WaitSynced(ctx, since); err != nil {
+		return fmt.Errorf("waiting for the dataplane to apply steering weights: %w", err)
+	}
+	return nil
 }
 
 // socketMechanism sees the sockets of this node the socket LB translated

@@ -10,6 +10,7 @@ package rebalance
 
 import (
 	"cmp"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
@@ -66,6 +67,11 @@ type Plan struct {
 	// "balanced", "single-backend", "no-connections", "min-age", or
 	// "shed".
 	Reason string
+	// Steer are the reconnects in flight and to come (Pending and Shed)
+	// per backend, where the plan expects them: the weights new
+	// connections should be spread by so they land there. nil when none
+	// are expected (no steering: equal shares).
+	Steer map[netip.AddrPort]int
 }
 
 // Compute plans the smallest set of connections to shed so that, once the
@@ -74,11 +80,11 @@ type Plan struct {
 // backends above the cap, exactly their excess, and prefers idle, then
 // young connections: the least work lost. Connections younger than MinAge
 // are not candidates.
-func Compute(in Input) Plan {
+func Compute(in Input) (p Plan) {
 	backends := slices.Clone(in.Backends)
 	slices.SortFunc(backends, netip.AddrPort.Compare)
 	backends = slices.Compact(backends)
-	p := Plan{Before: map[netip.AddrPort]int{}, After: map[netip.AddrPort]int{}}
+	p = Plan{Before: map[netip.AddrPort]int{}, After: map[netip.AddrPort]int{}}
 	for _, b := range backends {
 		p.Before[b] = 0
 	}
@@ -89,6 +95,11 @@ func Compute(in Input) Plan {
 			byBackend[c.Backend] = append(byBackend[c.Backend], c)
 		}
 	}
+	// Steer: what the plan adds to each backend beyond the connections
+	// it keeps there (set on every return).
+	active := maps.Clone(p.Before)
+	shedFrom := map[netip.AddrPort]int{}
+	defer func() { p.Steer = arrivals(active, shedFrom, p.After) }()
 	fill(p.Before, backends, in.Pending)
 	p.Ratio = ratio(p.Before)
 	for b, n := range p.Before {
@@ -125,6 +136,7 @@ func Compute(in Input) Plan {
 		take := min(excess, len(cands))
 		chosen = append(chosen, cands[:take])
 		p.After[b] -= take
+		shedFrom[b] = take
 		shed += take
 	}
 	// Interleave the backends, so a rate-limited prefix of the plan
@@ -143,6 +155,22 @@ func Compute(in Input) Plan {
 		p.Reason = "min-age"
 	}
 	return p
+}
+
+// arrivals are the connections the plan places on each backend (After)
+// beyond those it keeps there (active minus shed): where steering should
+// send new connections. nil when there are none.
+func arrivals(active, shedFrom, after map[netip.AddrPort]int) map[netip.AddrPort]int {
+	var out map[netip.AddrPort]int
+	for b, n := range after {
+		if d := n - (active[b] - shedFrom[b]); d > 0 {
+			if out == nil {
+				out = map[netip.AddrPort]int{}
+			}
+			out[b] = d
+		}
+	}
+	return out
 }
 
 // candidates orders a backend's sheddable connections: idle ones first

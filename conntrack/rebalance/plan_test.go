@@ -120,3 +120,32 @@ func TestComputeIgnoresConnectionsToRemovedBackends(t *testing.T) {
 		t.Errorf("single backend: %+v", p)
 	}
 }
+
+func TestComputeSteersReconnectsWhereThePlanPutsThem(t *testing.T) {
+	four := []netip.AddrPort{be(1), be(2), be(3), be(4)}
+	p := Compute(Input{Backends: four, Conns: append(conns(1, 500), conns(2, 500)...), Tolerance: 0.10})
+	// The 450 shed land on the two new backends, 225 each.
+	if got := fmt.Sprint(counts(p.Steer, 4)); got != "[0 0 225 225]" {
+		t.Errorf("steer %s, want [0 0 225 225]", got)
+	}
+	// Balanced and nothing in flight: no steering (equal shares).
+	p = Compute(Input{Backends: four, Conns: append(append(conns(1, 10), conns(2, 10)...), append(conns(3, 10), conns(4, 10)...)...), Tolerance: 0.10})
+	if p.Steer != nil {
+		t.Errorf("balanced: steer %v, want none", p.Steer)
+	}
+	// Balanced but reconnects in flight: they are steered to the least
+	// loaded, one at a time (here 4 to backend 3, then 1 each).
+	p = Compute(Input{Backends: four[:3], Conns: append(append(conns(1, 10), conns(2, 10)...), conns(3, 6)...), Pending: 7, Tolerance: 0.10})
+	if got := fmt.Sprint(counts(p.Steer, 3)); got != "[1 1 5]" || p.Reason != "balanced" {
+		t.Errorf("pending: steer %s (%s), want [1 1 5]", got, p.Reason)
+	}
+	// Shedding limited by min age: only what is shed is steered.
+	young := conns(1, 20)
+	for i := range young[:15] {
+		young[i].Age = 0
+	}
+	p = Compute(Input{Backends: four[:2], Conns: young, MinAge: time.Second, Tolerance: 0.10})
+	if got := fmt.Sprint(counts(p.Steer, 2)); got != "[0 5]" || p.Reason != "min-age" {
+		t.Errorf("min age: steer %s (%s), want [0 5]", got, p.Reason)
+	}
+}

@@ -36,13 +36,23 @@ type Observer interface {
 	Forget(name dataplane.ServicePortName)
 }
 
-// Runner measures, plans and sheds for every opted-in Service port, one
-// round at a time. Services without the opt-in are never measured for
-// shedding nor touched.
+// Steerer hands steering weights to the dataplanes: for each opted-in
+// Service port, the shares new connections get per backend (Plan.Steer);
+// ports absent get equal shares again. Steer returns once new connections
+// follow the weights (or fails, ctx ending included), so the round sheds
+// only what will reconnect where the plan expects.
+type Steerer interface {
+	Steer(ctx context.Context, weights map[dataplane.ServicePortName]map[netip.AddrPort]int) error
+}
+
+// Runner measures, plans, steers and sheds for every opted-in Service
+// port, one round at a time. Services without the opt-in are never
+// measured for shedding, steered nor touched.
 type Runner struct {
 	ctrl     *Controller
 	mechs    []Mechanism
 	observer Observer
+	steerer  Steerer
 	known    map[dataplane.ServicePortName]bool
 }
 
@@ -57,6 +67,9 @@ func NewRunner(t Timing, observer Observer, mechs ...Mechanism) *Runner {
 	}
 	return r
 }
+
+// SteerWith makes each round steer through s before it sheds.
+func (r *Runner) SteerWith(s Steerer) { r.steerer = s }
 
 // Once runs one round over st at now.
 func (r *Runner) Once(ctx context.Context, st *dataplane.State, now time.Time) {
@@ -76,6 +89,12 @@ func (r *Runner) Once(ctx context.Context, st *dataplane.State, now time.Time) {
 		}
 	}
 	if len(opted) == 0 {
+		if r.steerer != nil {
+			// Ports that opted out (or went) get equal shares again.
+			if err := r.steerer.Steer(ctx, nil); err != nil {
+				klog.ErrorS(err, "Rebalancer: clearing steering failed")
+			}
+		}
 		return
 	}
 	// Each mechanism's connections, IDs prefixed by the mechanism so
@@ -102,6 +121,13 @@ func (r *Runner) Once(ctx context.Context, st *dataplane.State, now time.Time) {
 		names = append(names, n)
 	}
 	slices.SortFunc(names, dataplane.ServicePortName.Compare)
+	type decision struct {
+		name dataplane.ServicePortName
+		plan Plan
+		shed []Conn
+	}
+	var decided []decision
+	weights := map[dataplane.ServicePortName]map[netip.AddrPort]int{}
 	for _, name := range names {
 		sp := opted[name]
 		r.known[name] = true
@@ -110,17 +136,35 @@ func (r *Runner) Once(ctx context.Context, st *dataplane.State, now time.Time) {
 		if r.observer != nil {
 			r.observer.Round(name, plan, len(shed), sp.Rebalance.DryRun)
 		}
-		if sp.Rebalance.DryRun && len(plan.Shed) > 0 && plan.Reason != "settling" {
-			klog.V(2).InfoS("Rebalancer dry run: would shed connections", "service", name, "shed", len(plan.Shed),
-				"before", FormatCounts(plan.Before), "after", FormatCounts(plan.After), "ratio", plan.Ratio)
-		}
-		if len(shed) == 0 {
+		if sp.Rebalance.DryRun {
+			// A dry run changes nothing: no shedding, no steering.
+			if len(plan.Shed) > 0 && plan.Reason != "settling" {
+				klog.V(2).InfoS("Rebalancer dry run: would shed connections", "service", name, "shed", len(plan.Shed),
+					"before", FormatCounts(plan.Before), "after", FormatCounts(plan.After), "ratio", plan.Ratio)
+			}
 			continue
 		}
-		closed := r.shed(ctx, name, shed)
-		klog.InfoS("Rebalanced connections", "service", name, "planned", len(plan.Shed), "closed", closed,
-			"before", FormatCounts(plan.Before), "after", FormatCounts(plan.After),
-			"ratio", fmt.Sprintf("%.2f", plan.Ratio), "ratioAfter", fmt.Sprintf("%.2f", plan.RatioAfter))
+		if plan.Steer != nil {
+			weights[name] = plan.Steer
+		}
+		decided = append(decided, decision{name, plan, shed})
+	}
+	if r.steerer != nil {
+		if err := r.steerer.Steer(ctx, weights); err != nil {
+			// Shed anyway: reconnects land anywhere, later rounds
+			// even them out at the cost of more resets.
+			klog.ErrorS(err, "Rebalancer: steering new connections failed; shedding without it")
+		}
+	}
+	for _, d := range decided {
+		if len(d.shed) == 0 {
+			continue
+		}
+		closed := r.shed(ctx, d.name, d.shed)
+		klog.InfoS("Rebalanced connections", "service", d.name, "planned", len(d.plan.Shed), "closed", closed,
+			"before", FormatCounts(d.plan.Before), "after", FormatCounts(d.plan.After),
+			"ratio", fmt.Sprintf("%.2f", d.plan.Ratio), "ratioAfter", fmt.Sprintf("%.2f", d.plan.RatioAfter),
+			"steer", FormatCounts(d.plan.Steer))
 	}
 }
 

@@ -3,6 +3,7 @@ package rebalance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -110,5 +111,59 @@ func TestRunnerDryRunClosesNothing(t *testing.T) {
 	r.Once(context.Background(), st, t0.Add(time.Second))
 	if len(m.shedIDs) != 0 || len(obs.rounds[names[0]].Shed) != 29 {
 		t.Errorf("dry run: shed %d, planned %d (want 0 and 29: cap 11 of a mean of 10)", len(m.shedIDs), len(obs.rounds[names[0]].Shed))
+	}
+}
+
+// fakeSteerer records each Steer call into a shared log.
+type fakeSteerer struct {
+	log   *[]string
+	calls []map[dataplane.ServicePortName]map[netip.AddrPort]int
+}
+
+func (s *fakeSteerer) Steer(_ context.Context, w map[dataplane.ServicePortName]map[netip.AddrPort]int) error {
+	*s.log = append(*s.log, "steer")
+	s.calls = append(s.calls, w)
+	return nil
+}
+
+// loggingMech is a fakeMech that also logs its Shed calls.
+type loggingMech struct {
+	*fakeMech
+	log *[]string
+}
+
+func (m loggingMech) Shed(ctx context.Context, cs []Conn) (int, error) {
+	*m.log = append(*m.log, "shed")
+	return m.fakeMech.Shed(ctx, cs)
+}
+
+func TestRunnerSteersBeforeShedding(t *testing.T) {
+	st, names := svcState("opted", "dry", "plain")
+	opted, dry := names[0], names[1]
+	st.Services[opted].Rebalance = &dataplane.RebalanceSpec{Tolerance: 0.1, MaxResetsPerS: 1000}
+	st.Services[dry].Rebalance = &dataplane.RebalanceSpec{Tolerance: 0.1, MaxResetsPerS: 1000, DryRun: true}
+	var log []string
+	skewed := append(conns(1, 50), conns(2, 50)...)
+	m := loggingMech{&fakeMech{name: "conntrack", conns: map[dataplane.ServicePortName][]Conn{opted: skewed, dry: skewed, names[2]: skewed}}, &log}
+	s := &fakeSteerer{log: &log}
+	r := NewRunner(Timing{Settle: time.Nanosecond}, nil, m)
+	r.SteerWith(s)
+	t0 := time.Unix(1000, 0)
+	r.Once(context.Background(), st, t0)
+	r.Once(context.Background(), st, t0.Add(time.Second))
+	if fmt.Sprint(log) != "[steer steer shed]" {
+		t.Fatalf("calls %v, want the settling round's steer, then steer before shed", log)
+	}
+	// Only the opted-in port that is not a dry run is steered: the 46
+	// shed (23 from each old backend) go to the new backends.
+	w := s.calls[1]
+	if len(w) != 1 || fmt.Sprint(counts(w[opted], 4)) != "[0 0 23 23]" {
+		t.Errorf("weights %v, want only %s with [0 0 23 23]", w, opted)
+	}
+	// Every port opts out: steering is cleared.
+	st.Services[opted].Rebalance, st.Services[dry].Rebalance = nil, nil
+	r.Once(context.Background(), st, t0.Add(2*time.Second))
+	if last := s.calls[len(s.calls)-1]; len(last) != 0 {
+		t.Errorf("after opting out: weights %v, want none", last)
 	}
 }

@@ -47,6 +47,8 @@ func TestSchemaStability(t *testing.T) {
 			Service: "default/web:http/tcp", Frontends: []string{"10.96.0.10:80/TCP"},
 			Backends:    []ConntrackBackend{{Address: "10.244.1.2:8080", Endpoint: true, Established: 3, Other: 1}},
 			Established: 3, Other: 1, Max: 3, Mean: 1.5, Imbalance: 2,
+			Rebalance: &ConntrackRebalance{DryRun: true, Tolerance: 0.1, LastRound: when, Outcome: "dry-run", Ratio: 2, RatioAfter: 1,
+				Planned: 1, Closed: 1, Resets: 4, Backends: []RebalanceBackend{{Address: "10.244.1.2:8080", Connections: 3, Expected: 2, Weight: 1}}},
 		}}, SocketLB: true, Sockets: []SocketLBSocket{{
 			Cookie: 4097, Direction: "out", Local: "10.244.1.7:40312", Remote: "10.244.1.2:8080", Frontend: "10.96.0.10:80",
 			Service: "default/web:http/tcp", Established: when, NetnsCookie: 4096,
@@ -88,7 +90,7 @@ func TestSchemaStability(t *testing.T) {
 	// Every exported type of types.go has a sample.
 	for _, v := range []any{Status{}, ServiceList{}, Service{}, Backend{}, Connections{}, IPVSTable{}, IPVSVirtualServer{},
 		IPVSRealServer{}, IPVSStats{}, NFTables{}, NFTTable{}, NFTSet{}, NFTChain{}, NFTRule{}, ConntrackReport{},
-		ConntrackService{}, ConntrackBackend{}, SocketLBSocket{}, BPFConnections{}, Trace{}, TraceMatch{}, TraceBackend{}, SyncResponse{}, Error{}} {
+		ConntrackService{}, ConntrackBackend{}, ConntrackRebalance{}, RebalanceBackend{}, SocketLBSocket{}, BPFConnections{}, Trace{}, TraceMatch{}, TraceBackend{}, SyncResponse{}, Error{}} {
 		if !sampled(reflect.TypeOf(v), samples) {
 			t.Errorf("%T has no sample in TestSchemaStability", v)
 		}

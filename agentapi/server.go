@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard/switchyard/conntrack/rebalance"
 	"github.com/switchyard/switchyard/dataplane"
 )
 
@@ -68,6 +71,15 @@ type Config struct {
 	// connection counts go to /v1/services, its sockets to /v1/conntrack.
 	// nil when it does not run.
 	SocketLB SocketLB
+	// Rebalance reports the connection rebalancer's last round per
+	// opted-in Service port (in /v1/conntrack); nil when it does not run.
+	Rebalance RebalanceStatuses
+}
+
+// RebalanceStatuses is the rebalancer as the API sees it
+// (rebalance.Recorder).
+type RebalanceStatuses interface {
+	Statuses() map[dataplane.ServicePortName]rebalance.Status
 }
 
 // Server serves the API on a unix socket.
@@ -257,6 +269,10 @@ func copyState(st *dataplane.State) *dataplane.State {
 		NodeName:  st.NodeName,
 		NodeZone:  st.NodeZone,
 		NodeIPs:   slices.Clone(st.NodeIPs),
+		Weights:   make(map[dataplane.ServicePortName]map[netip.AddrPort]int, len(st.Weights)),
+	}
+	for n, w := range st.Weights {
+		out.Weights[n] = maps.Clone(w)
 	}
 	for n, sp := range st.Services {
 		c := *sp
@@ -392,6 +408,9 @@ func (s *Server) handleConntrack(w http.ResponseWriter, r *http.Request) {
 	ns, name := r.URL.Query().Get("namespace"), r.URL.Query().Get("name")
 	names := SelectPorts(st, ns, name)
 	report := ConntrackFrom(st, names, flows)
+	if s.cfg.Rebalance != nil {
+		AddRebalance(report, st, s.cfg.Rebalance.Statuses())
+	}
 	if s.cfg.SocketLB != nil {
 		socks, err := s.cfg.SocketLB.Sockets()
 		if err != nil {

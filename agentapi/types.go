@@ -314,6 +314,44 @@ type ConntrackService struct {
 	Max       int     `json:"max"`
 	Mean      float64 `json:"mean"`
 	Imbalance float64 `json:"imbalance"`
+	// Rebalance is the connection rebalancer's view of a port that opted
+	// in (switchyard.io/rebalance); absent otherwise.
+	Rebalance *ConntrackRebalance `json:"rebalance,omitempty"`
+}
+
+// ConntrackRebalance is the rebalancer's last round for one Service port.
+type ConntrackRebalance struct {
+	// DryRun: the port only plans (switchyard.io/rebalance-dry-run).
+	DryRun    bool    `json:"dryRun"`
+	Tolerance float64 `json:"tolerance"`
+	// LastRound is when the last round ran; zero before the first one.
+	LastRound time.Time `json:"lastRound"`
+	// Outcome: balanced, shed, dry-run, settling, rate-limited, min-age,
+	// single-backend, no-connections ("" before the first round).
+	Outcome string `json:"outcome"`
+	// Ratio is max/mean as the round measured it (all mechanisms,
+	// reconnects in flight placed); RatioAfter what the plan leads to.
+	Ratio      float64 `json:"ratio"`
+	RatioAfter float64 `json:"ratioAfter"`
+	// Planned: connections the plan sheds; Closed: closed by the round
+	// (rate limited); Resets: closed since the port opted in.
+	Planned int `json:"planned"`
+	Closed  int `json:"closed"`
+	Resets  int `json:"resets"`
+	// Backends: per backend, the connections the round measured and,
+	// while reconnects are expected, the steering weight new connections
+	// get (0: none steered there).
+	Backends []RebalanceBackend `json:"backends"`
+}
+
+// RebalanceBackend is one backend in ConntrackRebalance.
+type RebalanceBackend struct {
+	Address     string `json:"address"`
+	Connections int    `json:"connections"`
+	// Expected is where the plan leaves it once the shed reconnect.
+	Expected int `json:"expected"`
+	// Weight is the steering weight; 0 with Steering off.
+	Weight int `json:"weight"`
 }
 
 // ConntrackBackend is the entries DNATed to one backend.

@@ -17,7 +17,9 @@ import (
 // nftables proxier inside its chain). The returned function stops serving
 // and removes the socket; defer it. An error means nothing is served: the
 // agent should log it and go on, since Services work without the API.
-func serveAPI(socket, nodeName string, syncer *dataplane.Syncer, dp dataplane.Dataplane) (stop func(), err error) {
+//
+// rounds reports the rebalancer's rounds (nil: it does not run).
+func serveAPI(socket, nodeName string, syncer *dataplane.Syncer, dp dataplane.Dataplane, rounds agentapi.RebalanceStatuses) (stop func(), err error) {
 	if socket == "" {
 		return func() {}, nil
 	}
@@ -28,6 +30,7 @@ func serveAPI(socket, nodeName string, syncer *dataplane.Syncer, dp dataplane.Da
 		SyncChain: dp.Name(),
 		Syncer:    syncer,
 		Inspector: agentapi.FindInspector(dp),
+		Rebalance: rounds,
 	}
 	if lb, ok := findPart[*ebpf.SocketLB](dp); ok {
 		cfg.SocketLB = lb

@@ -63,7 +63,7 @@ func TestServeAPI(t *testing.T) {
 	syncer.Notify()
 
 	sock := filepath.Join(t.TempDir(), "run", "switchyard.sock")
-	stop, err := serveAPI(sock, "node-a", syncer, dp)
+	stop, err := serveAPI(sock, "node-a", syncer, dp, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestServeAPI(t *testing.T) {
 }
 
 func TestServeAPIDisabled(t *testing.T) {
-	stop, err := serveAPI("", "node-a", nil, nil)
+	stop, err := serveAPI("", "node-a", nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard/switchyard/agentapi"
 	"github.com/switchyard/switchyard/conntrack/rebalance"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/dataplane/healthcheck"
@@ -110,7 +111,14 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 	syncer := dataplane.NewSyncer(tracker, dataplane.Chain{dp, hc}, cfg.minSyncPeriod, cfg.syncPeriod)
 	syncer.Observe(health)
 	syncer.Observe(m)
-	stopAPI, err := serveAPI(cfg.apiSocket, cfg.hostnameOverride, syncer, dp)
+	// The rebalancer's rounds, for yardctl conntrack.
+	var rounds *rebalance.Recorder
+	var roundsAPI agentapi.RebalanceStatuses
+	if cfg.rebalance {
+		rounds = rebalance.NewRecorder()
+		roundsAPI = rounds
+	}
+	stopAPI, err := serveAPI(cfg.apiSocket, cfg.hostnameOverride, syncer, dp, roundsAPI)
 	if err != nil {
 		klog.ErrorS(err, "Not serving the agent API; yardctl will read the kernel only", "socket", cfg.apiSocket)
 	} else {
@@ -171,7 +179,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 		client = c
 	}
 	if cfg.rebalance {
-		var observer rebalance.Observer = m.AddRebalance()
+		var observer rebalance.Observer = rebalance.Observers{m.AddRebalance(), rounds}
 		if client != nil {
 			recorder, stop := newEventRecorder(client, cfg.hostnameOverride)
 			defer stop()

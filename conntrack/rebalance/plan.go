@@ -67,6 +67,9 @@ type Plan struct {
 	// "balanced", "single-backend", "no-connections", "min-age", or
 	// "shed".
 	Reason string
+	// Measured are the connections per backend the plan was given (the
+	// established ones not already shed), without Pending.
+	Measured map[netip.AddrPort]int
 	// Steer are the reconnects in flight and to come (Pending and Shed)
 	// per backend, where the plan expects them: the weights new
 	// connections should be spread by so they land there. nil when none
@@ -98,6 +101,7 @@ func Compute(in Input) (p Plan) {
 	// Steer: what the plan adds to each backend beyond the connections
 	// it keeps there (set on every return).
 	active := maps.Clone(p.Before)
+	p.Measured = active
 	shedFrom := map[netip.AddrPort]int{}
 	defer func() { p.Steer = arrivals(active, shedFrom, p.After) }()
 	fill(p.Before, backends, in.Pending)

@@ -47,6 +47,7 @@ func TestGrafanaDashboardUsesOurMetrics(t *testing.T) {
 	}, true, 0)
 	rb := m.AddRebalance()
 	rb.ratio.WithLabelValues("s")
+	rb.conns.WithLabelValues("s", "b")
 	rb.resets.WithLabelValues("s", "conntrack")
 	rb.errors.WithLabelValues("s", "conntrack")
 	mfs, err := m.Registry.Gather()

@@ -11,6 +11,7 @@ import (
 // Series exist only for Service ports that opted in, and go when they
 // opt out or disappear.
 type Rebalance struct {
+	conns   *prometheus.GaugeVec
 	ratio   *prometheus.GaugeVec
 	planned *prometheus.GaugeVec
 	rounds  *prometheus.CounterVec
@@ -23,6 +24,9 @@ var _ rebalance.Observer = (*Rebalance)(nil)
 // AddRebalance registers the rebalancer's metrics.
 func (m *Metrics) AddRebalance() *Rebalance {
 	r := &Rebalance{
+		conns: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "rebalance_backend_connections",
+			Help: "Established connections per backend of an opted-in Service port, as the last rebalancer round measured them (conntrack flows this node NATs and socket-LB sockets; connections already shed and not yet gone excluded)"},
+			[]string{"service", "backend"}),
 		ratio: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "rebalance_imbalance_ratio",
 			Help: "max/mean of established connections per backend of an opted-in Service port, as the last rebalancer round measured it (reconnects in flight placed on the least-loaded backends)"},
 			[]string{"service"}),
@@ -39,13 +43,18 @@ func (m *Metrics) AddRebalance() *Rebalance {
 			Help: "Rebalancer attempts to close connections that failed, by mechanism"},
 			[]string{"service", "mechanism"}),
 	}
-	m.Registry.MustRegister(r.ratio, r.planned, r.rounds, r.resets, r.errors)
+	m.Registry.MustRegister(r.conns, r.ratio, r.planned, r.rounds, r.resets, r.errors)
 	return r
 }
 
 // Round implements rebalance.Observer.
 func (r *Rebalance) Round(name dataplane.ServicePortName, plan rebalance.Plan, toClose int, dryRun bool) {
 	s := name.String()
+	// Backends come and go with the endpoints: replace the port's series.
+	r.conns.DeletePartialMatch(prometheus.Labels{"service": s})
+	for b, n := range plan.Measured {
+		r.conns.WithLabelValues(s, b.String()).Set(float64(n))
+	}
 	r.ratio.WithLabelValues(s).Set(plan.Ratio)
 	r.planned.WithLabelValues(s).Set(float64(len(plan.Shed)))
 	outcome := plan.Reason
@@ -66,6 +75,7 @@ func (r *Rebalance) Closed(name dataplane.ServicePortName, mechanism string, n i
 // Forget implements rebalance.Observer.
 func (r *Rebalance) Forget(name dataplane.ServicePortName) {
 	l := prometheus.Labels{"service": name.String()}
+	r.conns.DeletePartialMatch(l)
 	r.ratio.DeletePartialMatch(l)
 	r.planned.DeletePartialMatch(l)
 	r.rounds.DeletePartialMatch(l)

@@ -448,13 +448,13 @@ func counterCells(rules []agentapi.NFTRule) []string {
 // backend and a total with the imbalance; then, when the socket load
 // balancer runs, its sockets.
 func FormatConntrack(w io.Writer, r *agentapi.ConntrackReport, note string, now time.Time) {
-	formatConntrackServices(w, r, note)
+	formatConntrackServices(w, r, note, now)
 	if r.SocketLB {
 		formatSockets(w, r.Sockets, now)
 	}
 }
 
-func formatConntrackServices(w io.Writer, r *agentapi.ConntrackReport, note string) {
+func formatConntrackServices(w io.Writer, r *agentapi.ConntrackReport, note string, now time.Time) {
 	if r.Source == agentapi.SourceKernel {
 		fmt.Fprintf(w, "Conntrack read from the kernel by yardctl (%s): entries grouped by destination, no Service names.\n", note)
 	}
@@ -490,8 +490,35 @@ func formatConntrackServices(w io.Writer, r *agentapi.ConntrackReport, note stri
 			imb = fmt.Sprintf("imbalance %.2f (max %d, mean %.2f)", s.Imbalance, s.Max, s.Mean)
 		}
 		fmt.Fprintf(tw, "\ttotal\t%d\t%d\t%s\n", s.Established, s.Other, imb)
+		if s.Rebalance != nil {
+			formatRebalance(tw, s.Rebalance, now)
+		}
 	}
 	tw.Flush()
+}
+
+// formatRebalance adds the rebalancer's lines under an opted-in port's
+// total: its last round, then per backend what it measured, where the
+// plan leaves it and the steering weight (the counts include the socket
+// load balancer's sockets, which the conntrack columns do not).
+func formatRebalance(tw io.Writer, r *agentapi.ConntrackRebalance, now time.Time) {
+	mode := "on"
+	if r.DryRun {
+		mode = "dry run"
+	}
+	if r.LastRound.IsZero() {
+		fmt.Fprintf(tw, "\trebalance\t\t\t%s, tolerance %.2f: no round yet\n", mode, r.Tolerance)
+		return
+	}
+	fmt.Fprintf(tw, "\trebalance\t\t\t%s, tolerance %.2f: last round %s ago: %s, ratio %.2f -> %.2f, planned %d, closed %d; %d reset in all\n",
+		mode, r.Tolerance, now.Sub(r.LastRound).Round(time.Second), r.Outcome, r.Ratio, r.RatioAfter, r.Planned, r.Closed, r.Resets)
+	for _, b := range r.Backends {
+		steer := ""
+		if b.Weight > 0 {
+			steer = fmt.Sprintf(", steering weight %d", b.Weight)
+		}
+		fmt.Fprintf(tw, "\t  %s\t\t\trebalancer: %d now, %d expected%s\n", b.Address, b.Connections, b.Expected, steer)
+	}
 }
 
 // formatSockets prints the socket load balancer's sockets, oldest first.

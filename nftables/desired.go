@@ -70,7 +70,8 @@ type servicePortState struct {
 	chains []chainSpec
 	// elems are the set and map elements of each frontend.
 	elems map[frontend][]element
-	// sets are the session affinity maps of the chains.
+	// sets are the session affinity maps of the chains and the port's
+	// connection-count set (switchyard.io/max-connections-per-backend).
 	sets    []setSpec
 	hairpin []netip.Addr // endpoints that may be DNATed to
 }
@@ -158,6 +159,17 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 	}
 	sets := dataplane.CategorizeEndpoints(sp, familyEps, node.name, node.zone)
 
+	// switchyard.io/max-connections-per-backend: TCP only. A limit needs
+	// connections that end; UDP and SCTP flows would only be counted
+	// until their conntrack entries time out, so a limit there would
+	// refuse traffic long after it stopped. One set per port, shared by
+	// its endpoint chains, so a backend reached through svc- and local-
+	// has one count.
+	var limit connLimit
+	if sp.MaxConnectionsPerBackend > 0 && proto == protoTCP {
+		limit = connLimit{set: limitSet(sp.Name, sp.MaxConnectionsPerBackend), limit: sp.MaxConnectionsPerBackend}
+	}
+
 	clusterName, localName, extName := servicePortChain(sp.Name), localChain(sp.Name), externalChain(sp.Name)
 	hasCluster := len(sets.Cluster) > 0 && sp.UsesClusterEndpoints()
 	// The Local-policy chain only when some frontend of this family leads
@@ -169,7 +181,7 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 		// Local only the short-circuited traffic of the node (already
 		// marked) and of pods does.
 		masq := masqueradeRules(cfg, f, clusterIP, len(external) > 0 && !sp.ExternalPolicyLocal)
-		ps.addEndpointChain(f, sp, clusterName, masq, dataplane.WeightEndpoints(weights, sets.Cluster))
+		ps.addEndpointChain(f, sp, clusterName, masq, dataplane.WeightEndpoints(weights, sets.Cluster), limit)
 	}
 	if hasLocal {
 		var masq []rule
@@ -178,7 +190,10 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 		} else if cfg.MasqueradeAll {
 			masq = masqueradeRules(cfg, f, netip.Addr{}, false)
 		}
-		ps.addEndpointChain(f, sp, localName, masq, dataplane.WeightEndpoints(weights, sets.Local))
+		ps.addEndpointChain(f, sp, localName, masq, dataplane.WeightEndpoints(weights, sets.Local), limit)
+	}
+	if limit.on() && (hasCluster || hasLocal) {
+		ps.sets = append(ps.sets, limitSpec(f, limit.set))
 	}
 
 	// Where each kind of traffic goes: a chain, or (none) a drop when the
@@ -264,17 +279,46 @@ func desiredServicePort(cfg Config, f *family, sp *dataplane.ServicePort, eps []
 
 // addEndpointChain adds a chain choosing among eps: the masquerade rules,
 // then with session affinity the client's previous endpoint, then a random
-// one by weight.
-func (ps *servicePortState) addEndpointChain(f *family, sp *dataplane.ServicePort, chain string, masq []rule, weighted []dataplane.WeightedEndpoint) {
+// one by weight. With a connection limit, the endpoint picked is counted
+// before the DNAT, and a connection it would take over the limit falls
+// through to a final reject (limitRules).
+func (ps *servicePortState) addEndpointChain(f *family, sp *dataplane.ServicePort, chain string, masq []rule, weighted []dataplane.WeightedEndpoint, limit connLimit) {
 	rules := append([]rule(nil), masq...)
 	if sp.SessionAffinityTimeout > 0 {
 		spec := affinitySpec(f, chain)
 		ps.sets = append(ps.sets, spec)
-		rules = append(rules, affinityRules(f, chain, spec.name, sp.SessionAffinityTimeout, weighted)...)
+		rules = append(rules, affinityRules(f, chain, spec.name, sp.SessionAffinityTimeout, weighted, limit)...)
 	} else {
-		rules = append(rules, dnatRule(f, chain, weighted))
+		rules = append(rules, dnatRule(f, chain, weighted, limit))
+	}
+	if limit.on() {
+		rules = append(rules, limitRejectRule(f, limit))
 	}
 	ps.chains = append(ps.chains, chainSpec{name: chain, rules: rules})
+}
+
+// limitRejectRule ends an endpoint chain with a connection limit: a
+// connection gets here only when the endpoint picked for it already held
+// the limit (the DNAT rule stopped at its count), and is refused with a
+// TCP reset, so the client fails at once instead of retrying a SYN into
+// nothing.
+//
+// Why the count sits in the NAT chain and not in a filter chain after it:
+// the chain knows its Service (a filter chain would have to find it again
+// from the conntrack entry's original destination, which for a NodePort
+// is any of the node's addresses), runs exactly once per connection (the
+// first packet; a loopback connection passes the filter hooks twice), and
+// counts in the same rule that translates, so a connection is counted for
+// the endpoint it goes to and nowhere else. The kernel accepts reject in
+// the nat chains of prerouting and output, the hooks our chains run in.
+//
+// The endpoint is picked at random first, as without a limit: a
+// connection that lands on a full endpoint is refused even when another
+// one has room (nftables cannot read a count without adding to it, so it
+// cannot try the next one). Clients retry; the IPVS dataplane and the
+// socket LB skip full backends instead.
+func limitRejectRule(f *family, limit connLimit) rule {
+	return newRule(f, "over "+itoa(limit.limit)+" connections per backend", one(rejectTCPReset()))
 }
 
 // externalLocalRules is the ext- chain of externalTrafficPolicy Local
@@ -361,10 +405,10 @@ func masqueradeRules(cfg Config, f *family, clusterIP netip.Addr, external bool)
 // them is quadratic), and a constant anonymous map cannot be changed once
 // its rule exists. The rule's comment therefore carries a digest of the
 // elements: a rule whose digest matches has the wanted endpoints.
-func dnatRule(f *family, chain string, eps []dataplane.WeightedEndpoint) rule {
+func dnatRule(f *family, chain string, eps []dataplane.WeightedEndpoint, limit connLimit) rule {
 	anon, slots, comment := endpointMap(f, anonMapName(chain), eps)
 	anon.idx = 1 // the lookup, see dnatNumgenMap
-	r := newRule(f, comment, dnatNumgenMap(f, slots, anon.name))
+	r := newRule(f, comment, dnatNumgenMap(f, slots, anon.name, limit))
 	r.anons = []*anonMap{anon}
 	return r
 }
@@ -403,19 +447,31 @@ func endpointValue(f *family, ap netip.AddrPort) []byte {
 // a client with a live entry whose endpoint is still in the chain goes
 // there (refreshing the entry's timeout); any other gets a random
 // endpoint, recorded with the timeout. Both rules carry the endpoints'
-// digest, like dnatRule.
-func affinityRules(f *family, chain, set string, timeout time.Duration, eps []dataplane.WeightedEndpoint) []rule {
+// digest, like dnatRule. With a connection limit a third rule between
+// them refuses a client whose endpoint is full (affinityFull).
+func affinityRules(f *family, chain, set string, timeout time.Duration, eps []dataplane.WeightedEndpoint, limit connLimit) []rule {
 	anon, slots, comment := endpointMap(f, anonMapName(chain), eps)
 	anon.idx = affinityPickAnonIdx
-	valid := &anonMap{name: anonSetName(chain), keyType: anon.dataType, idx: affinityHitAnonIdx}
-	for _, e := range eps {
-		valid.elems = append(valid.elems, nftables.SetElement{Key: endpointValue(f, e.Addr)})
+	validSet := func(name string) *anonMap {
+		valid := &anonMap{name: name, keyType: anon.dataType, idx: affinityHitAnonIdx}
+		for _, e := range eps {
+			valid.elems = append(valid.elems, nftables.SetElement{Key: endpointValue(f, e.Addr)})
+		}
+		return valid
 	}
-	hit := newRule(f, comment, affinityHit(f, set, valid.name, timeout))
-	hit.anons = []*anonMap{valid}
-	pick := newRule(f, comment, affinityPick(f, slots, anon.name, set, timeout))
+	hit := newRule(f, comment, affinityHit(f, set, anonSetName(chain), timeout, limit))
+	hit.anons = []*anonMap{validSet(anonSetName(chain))}
+	pick := newRule(f, comment, affinityPick(f, slots, anon.name, set, timeout, limit))
 	pick.anons = []*anonMap{anon}
-	return []rule{hit, pick}
+	if !limit.on() {
+		return []rule{hit, pick}
+	}
+	// Its own copy of the endpoint set: an anonymous set binds to one
+	// rule.
+	fullName := anonSetName(limitSetPrefix + chain)
+	full := newRule(f, comment, affinityFull(f, set, fullName))
+	full.anons = []*anonMap{validSet(fullName)}
+	return []rule{hit, full, pick}
 }
 
 func compareElements(a, b element) int {

@@ -57,6 +57,32 @@ func TestDesiredServicePortRules(t *testing.T) {
 		want: `
 			ip daddr 10.96.0.5 jump mark-if-outside-cluster
 			dnat to numgen random mod 3 map { anonymous } comment "endpoints 3 digest 463bee177305"`,
+	}, {
+		name: "max connections per backend",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svc:  func() svc { s := web(); s.maxConns = 2; return s }(),
+		want: `
+			ip daddr 10.96.0.10 jump mark-if-outside-cluster
+			add @limit-2-OSC5D42R-default/web/tcp/http { numgen random mod 2 map { anonymous } ct count 2 } dnat to numgen random mod 2 map { anonymous } comment "endpoints 2 digest 45147d6050de"
+			reject with tcp reset comment "over 2 connections per backend"`,
+	}, {
+		name: "max connections per backend with session affinity",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svc:  func() svc { s := web(); s.maxConns = 1; s.affinity = 10 * time.Second; return s }(),
+		want: `
+			ip daddr 10.96.0.10 jump mark-if-outside-cluster
+			ip saddr map @aff-svc-OSC5D42R-default/web/tcp/http { anonymous } add @limit-1-OSC5D42R-default/web/tcp/http { ip saddr map @aff-svc-OSC5D42R-default/web/tcp/http ct count 1 } update @aff-svc-OSC5D42R-default/web/tcp/http { ip saddr : ip saddr map @aff-svc-OSC5D42R-default/web/tcp/http timeout 10s } dnat to ip saddr map @aff-svc-OSC5D42R-default/web/tcp/http comment "endpoints 2 digest 45147d6050de"
+			ip saddr map @aff-svc-OSC5D42R-default/web/tcp/http { anonymous } reject with tcp reset comment "endpoints 2 digest 45147d6050de"
+			add @limit-1-OSC5D42R-default/web/tcp/http { numgen random mod 2 map { anonymous } ct count 1 } delete @aff-svc-OSC5D42R-default/web/tcp/http { ip saddr } update @aff-svc-OSC5D42R-default/web/tcp/http { ip saddr : numgen random mod 2 map { anonymous } timeout 10s } dnat to numgen random mod 2 map { anonymous } comment "endpoints 2 digest 45147d6050de"
+			reject with tcp reset comment "over 1 connections per backend"`,
+	}, {
+		name: "max connections per backend ignored for UDP",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svc: svc{ns: "default", name: "u", proto: dataplane.UDP, svcPort: 53, clusterIPs: []string{"10.96.0.53"},
+			endpoints: []string{"10.244.1.1:53"}, maxConns: 2},
+		want: `
+			ip daddr 10.96.0.53 jump mark-if-outside-cluster
+			dnat to numgen random mod 1 map { anonymous } comment "endpoints 1 digest cb49b67813a7"`,
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -83,7 +109,7 @@ func TestDesiredWeights(t *testing.T) {
 	r := dnatRule(ipv4, "svc-x", []dataplane.WeightedEndpoint{
 		{Endpoint: dataplane.Endpoint{Addr: addrPort("10.0.0.1:80")}, Weight: 1},
 		{Endpoint: dataplane.Endpoint{Addr: addrPort("10.0.0.2:80")}, Weight: 3},
-	})
+	}, connLimit{})
 	var got []string
 	for _, e := range r.anons[0].elems {
 		got = append(got, renderElement(e, r.anons[0].keyType, r.anons[0].dataType, true))

@@ -18,6 +18,9 @@
 //	    ip daddr != CLUSTER-IP jump mark-for-masquerade     (external traffic, externalTrafficPolicy Cluster)
 //	    ip daddr CLUSTER-IP jump mark-if-outside-cluster    (cluster IP from outside the cluster CIDRs)
 //	    dnat to numgen random mod N map { 0 : ip . port, ... } comment "endpoints N digest D"
+//	    with switchyard.io/max-connections-per-backend N (TCP), instead:
+//	    add @limit-N-HASH-... { numgen random mod K map { ... } ct count N } dnat to numgen random mod K map { ... }
+//	    reject with tcp reset comment "over N connections per backend"
 //	local-HASH-..., the same over this node's endpoints (traffic policy Local)
 //	ext-HASH-..., external traffic of externalTrafficPolicy Local:
 //	    ip saddr CLUSTER-CIDR goto svc-...                  (pods: "short circuit", unmasqueraded)
@@ -94,6 +97,33 @@
 // to the chosen destination is exactly hairpin. It costs one element per
 // distinct endpoint IP (reference-counted across Services) and one hash
 // lookup per new connection; "ct status dnat" limits it to Service traffic.
+//
+// # Connection limits
+//
+// switchyard.io/max-connections-per-backend (ServicePort.
+// MaxConnectionsPerBackend) caps the TCP connections this node sends to
+// each backend of the Service; every node counts its own. The port gets a
+// set limit-N-HASH-ns/name/proto/port (backend address . port, flags
+// dynamic), shared by its svc- and local- chains. The DNAT rule picks an
+// endpoint as usual, then adds the connection to that endpoint's element
+// with "ct count N" and translates only if the element, with it, counts
+// at most N; otherwise the chain's last rule rejects it with a TCP reset,
+// so the client gets ECONNREFUSED at once. With session affinity the
+// client's remembered endpoint is counted the same way and a client whose
+// endpoint is full is reset (a rule between hit and pick), not moved.
+//
+// The count is the kernel's nf_conncount: the conntrack entries of the
+// element, dropped once conntrack sees them closed (TIME_WAIT or CLOSE) or
+// gone; elements whose count reaches zero are garbage collected. The
+// limit is copied into each element when it is created, so another limit
+// means another set (the limit is in its name): connections opened before
+// a change are not counted against the new limit. The check runs in the
+// nat chains (first packet of a connection, prerouting or output) rather
+// than in a filter chain after DNAT, for the reasons in limitRejectRule;
+// the endpoint is picked before it is counted, so a connection that lands
+// on a full endpoint is refused even when another has room (no retry
+// elsewhere). UDP and SCTP ports are not limited: their conntrack entries
+// end by timeout, long after the traffic.
 //
 // # Resetting marked connections
 //

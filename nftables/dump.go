@@ -48,6 +48,8 @@ func dumpFamily(b *strings.Builder, conn Conn, f *family) error {
 		keyType, dataType, isMap := s.KeyType, s.DataType, s.IsMap
 		if i := slices.IndexFunc(specs, func(sp setSpec) bool { return sp.name == name }); i >= 0 {
 			keyType, dataType, isMap = specs[i].keyType, specs[i].dataType, specs[i].isMap
+		} else if spec, ok := portSetSpec(f, name); ok {
+			keyType, dataType, isMap = spec.keyType, spec.dataType, spec.isMap
 		}
 		elems, err := conn.GetSetElements(s)
 		if err != nil {

@@ -168,14 +168,53 @@ func rejectICMPPortUnreachable(f *family) *expr.Reject {
 // dnatNumgenMap: "dnat to numgen random mod N map @anon" where the map
 // yields address . port; nat takes the address from the first register
 // and the port from the one after it.
-func dnatNumgenMap(f *family, n uint32, anon string) []expr.Any {
+//
+// With a connection limit the chosen endpoint's count is checked between
+// the lookup and the nat (countWithin): over the limit, the rule stops
+// before translating and the chain's next rule rejects. The count happens
+// in the rule that translates, on the endpoint it translates to, so a
+// connection is only ever counted where it goes.
+func dnatNumgenMap(f *family, n uint32, anon string, limit connLimit) []expr.Any {
 	slots := (f.addrLen + 3) / 4
-	return []expr.Any{
-		&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: anon},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg1,
-			RegProtoMin: reg32_0 + slots, Specified: true},
+	return concat(
+		one(&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
+			&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: anon}),
+		limit.within(reg1),
+		one(&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg1,
+			RegProtoMin: reg32_0 + slots, Specified: true}))
+}
+
+// nftConnlimitFInv is NFT_CONNLIMIT_F_INV ("ct count over N"), which x/sys
+// does not name.
+const nftConnlimitFInv = 1
+
+// countWithin: "add @SET { KEY ct count N }" with the key (backend address
+// . port) in reg. The element's connection list gets this connection (its
+// original tuple; entries of closed or vanished connections are dropped as
+// the list is walked), and the rule goes on only while the count,
+// this one included, is at most limit. The kernel copies the expression
+// into each element it creates, so the limit is fixed per set (limitSet).
+func countWithin(set string, reg uint32, limit int) *expr.Dynset {
+	return &expr.Dynset{Operation: unix.NFT_DYNSET_OP_ADD, SetName: set, SrcRegKey: reg,
+		Exprs: []expr.Any{&expr.Connlimit{Count: uint32(limit)}}}
+}
+
+// connLimit says which connection-count set, and which limit, an endpoint
+// chain checks before its DNAT; the zero value checks nothing.
+type connLimit struct {
+	set   string
+	limit int
+}
+
+func (l connLimit) on() bool { return l.set != "" }
+
+// within returns countWithin for the key in reg, or nothing without a
+// limit.
+func (l connLimit) within(reg uint32) []expr.Any {
+	if !l.on() {
+		return nil
 	}
+	return []expr.Any{countWithin(l.set, reg, l.limit)}
 }
 
 func concat(parts ...[]expr.Any) []expr.Any {
@@ -213,16 +252,35 @@ const nftDynsetOpDelete = 2
 // endpoints }, refreshing the client's entry". The endpoint check keeps a
 // client whose endpoint went away from being sent there until its entry
 // expires. The anonymous endpoint set is the lookup at index 3.
-func affinityHit(f *family, set, anonSet string, timeout time.Duration) []expr.Any {
+//
+// With a connection limit the endpoint's count is checked before the
+// entry is refreshed: over the limit the rule stops, and affinityFull
+// rejects the connection (another endpoint would break the affinity, and
+// the count already holds this connection for this endpoint).
+func affinityHit(f *family, set, anonSet string, timeout time.Duration, limit connLimit) []expr.Any {
 	slots := (f.addrLen + 3) / 4
+	return concat(
+		one(loadAddr(f, f.saddrOffset, f.regAffinityKey),
+			&expr.Lookup{SourceRegister: f.regAffinityKey, DestRegister: reg32_0, IsDestRegSet: true, SetName: set},
+			// The endpoint is still one of the chain's.
+			&expr.Lookup{SourceRegister: reg32_0, SetName: anonSet}),
+		limit.within(reg32_0),
+		one(&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg32_0,
+				RegProtoMin: reg32_0 + slots, Specified: true}))
+}
+
+// affinityFull: "ip saddr map @aff @anon reject with tcp reset": a client
+// whose live entry points to an endpoint still in the chain, yet was not
+// translated by affinityHit, found that endpoint at its connection limit.
+// The anonymous set (the chain's endpoints, as in affinityHit) is the
+// lookup at affinityHitAnonIdx.
+func affinityFull(f *family, set, anonSet string) []expr.Any {
 	return []expr.Any{
 		loadAddr(f, f.saddrOffset, f.regAffinityKey),
 		&expr.Lookup{SourceRegister: f.regAffinityKey, DestRegister: reg32_0, IsDestRegSet: true, SetName: set},
-		// The endpoint is still one of the chain's.
 		&expr.Lookup{SourceRegister: reg32_0, SetName: anonSet},
-		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg32_0,
-			RegProtoMin: reg32_0 + slots, Specified: true},
+		rejectTCPReset(),
 	}
 }
 
@@ -234,19 +292,23 @@ const affinityHitAnonIdx = 2
 // choice for the client: any entry the client has (one pointing to an
 // endpoint that went away) is deleted, then the new one added with the
 // timeout. The anonymous map is the lookup at index 2.
-func affinityPick(f *family, n uint32, anon, set string, timeout time.Duration) []expr.Any {
+// With a connection limit the new endpoint's count is checked before the
+// client's entry changes: over the limit the rule stops (the client keeps
+// no entry for an endpoint it never reached) and the chain's last rule
+// rejects.
+func affinityPick(f *family, n uint32, anon, set string, timeout time.Duration, limit connLimit) []expr.Any {
 	slots := (f.addrLen + 3) / 4
-	return []expr.Any{
-		loadAddr(f, f.saddrOffset, f.regAffinityKey),
-		&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: anon},
+	return concat(
+		one(loadAddr(f, f.saddrOffset, f.regAffinityKey),
+			&expr.Numgen{Register: reg1, Modulus: n, Type: unix.NFT_NG_RANDOM},
+			&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: anon}),
+		limit.within(reg1),
 		// The kernel wants data registers for any operation on a map;
 		// delete ignores them.
-		&expr.Dynset{Operation: nftDynsetOpDelete, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0},
-		&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg1,
-			RegProtoMin: reg32_0 + slots, Specified: true},
-	}
+		one(&expr.Dynset{Operation: nftDynsetOpDelete, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0},
+			&expr.Dynset{Operation: unix.NFT_DYNSET_OP_UPDATE, SetName: set, SrcRegKey: f.regAffinityKey, SrcRegData: reg32_0, Timeout: timeout},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: f.natFamily, RegAddrMin: reg1,
+				RegProtoMin: reg32_0 + slots, Specified: true}))
 }
 
 const affinityPickAnonIdx = 2

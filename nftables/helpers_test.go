@@ -49,6 +49,7 @@ type svc struct {
 	etpLocal, itpLocal bool
 	affinity           time.Duration // sessionAffinity ClientIP timeout
 	sourceRanges       []string      // loadBalancerSourceRanges
+	maxConns           int           // switchyard.io/max-connections-per-backend
 }
 
 func (s svc) portName() dataplane.ServicePortName {
@@ -79,7 +80,7 @@ func putService(st *dataplane.State, s svc) {
 		Name: name, Port: s.svcPort, NodePort: s.nodePort,
 		ClusterIPs: addrs(s.clusterIPs), ExternalIPs: addrs(s.externalIPs), LoadBalancerIPs: addrs(s.lbIPs),
 		ExternalPolicyLocal: s.etpLocal, InternalPolicyLocal: s.itpLocal, SessionAffinityTimeout: s.affinity,
-		LoadBalancerSourceRanges: prefixes(s.sourceRanges...),
+		LoadBalancerSourceRanges: prefixes(s.sourceRanges...), MaxConnectionsPerBackend: s.maxConns,
 	}
 	var eps []dataplane.Endpoint
 	for _, e := range s.endpoints {

@@ -259,8 +259,7 @@ func inspectFamily(conn Conn, f *family, d *desiredTable, out *Inspection) (Insp
 		keyType, dataType, isMap := s.KeyType, s.DataType, s.IsMap
 		if spec, ok := specOf(name); ok {
 			keyType, dataType, isMap = spec.keyType, spec.dataType, spec.isMap
-		} else if isAffinitySetName(name) {
-			spec := affinitySpec(f, strings.TrimPrefix(name, affinitySetPrefix))
+		} else if spec, ok := portSetSpec(f, name); ok {
 			keyType, dataType, isMap = spec.keyType, spec.dataType, spec.isMap
 		}
 		elems, err := conn.GetSetElements(s)
@@ -342,10 +341,10 @@ func chainKind(name string) (kind, service string) {
 // would write nothing.
 func compareTable(f *family, kt *kernelTable, d *desiredTable, chains map[string]*InspectedChain, it *InspectedTable) {
 	specs := setSpecs(f)
-	affinity := d.state.affinitySets()
+	portSets := d.state.portSets()
 	allSets := append([]setSpec(nil), specs...)
-	for _, name := range slices.Sorted(maps.Keys(affinity)) {
-		allSets = append(allSets, affinity[name])
+	for _, name := range slices.Sorted(maps.Keys(portSets)) {
+		allSets = append(allSets, portSets[name])
 	}
 	if kt.exists {
 		for _, spec := range allSets {
@@ -358,8 +357,8 @@ func compareTable(f *family, kt *kernelTable, d *desiredTable, chains map[string
 		}
 		for _, name := range slices.Sorted(maps.Keys(kt.sets)) {
 			s := kt.sets[name]
-			_, aff := affinity[name]
-			if !s.Anonymous && !isAnonymousSetName(name) && !aff && !slices.ContainsFunc(specs, func(sp setSpec) bool { return sp.name == name }) {
+			_, portSet := portSets[name]
+			if !s.Anonymous && !isAnonymousSetName(name) && !portSet && !slices.ContainsFunc(specs, func(sp setSpec) bool { return sp.name == name }) {
 				it.Drift = append(it.Drift, "set "+name+" not wanted")
 			}
 		}

@@ -161,6 +161,26 @@ func TestKernelGolden(t *testing.T) {
 			{ns: "default", name: "empty", proto: dataplane.TCP, svcPort: 80, clusterIPs: []string{"10.96.0.11"},
 				lbIPs: []string{"198.51.100.12"}, sourceRanges: []string{"10.0.0.0/8"}},
 		},
+	}, {
+		name: "max-connections",
+		cfg:  Config{ClusterCIDRs: clusterCIDR},
+		svcs: []svc{
+			// Cluster and local chains share the port's one count set.
+			func() svc {
+				s := withNodePort(web(), 30080)
+				s.endpoints, s.remote = []string{"10.244.1.2:8080"}, []string{"10.244.9.3:8080"}
+				s.etpLocal, s.maxConns = true, 100
+				return s
+			}(),
+			{ns: "default", name: "sticky", proto: dataplane.TCP, svcPort: 80, clusterIPs: []string{"10.96.0.14"},
+				endpoints: []string{"10.244.1.4:80"}, affinity: time.Hour, maxConns: 1},
+			// IPv6: the set's key is ipv6_addr . inet_service.
+			{ns: "default", name: "v6", proto: dataplane.TCP, svcPort: 80, clusterIPs: []string{"fd00:96::31"},
+				endpoints: []string{"[fd00:244::3]:80"}, maxConns: 3},
+			// UDP: not limited, no set.
+			{ns: "default", name: "dns", proto: dataplane.UDP, svcPort: 53, clusterIPs: []string{"10.96.0.53"},
+				endpoints: []string{"10.244.1.5:53"}, maxConns: 5},
+		},
 	}}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -90,12 +90,26 @@ const (
 	externalChainPrefix = "ext-"
 	firewallChainPrefix = "fw-"
 	affinitySetPrefix   = "aff-"
+	// limitSetPrefix starts the connection-count set of a Service port
+	// with switchyard.io/max-connections-per-backend ("limit-N-" and the
+	// port's chain base).
+	limitSetPrefix = "limit-"
 )
 
 func localChain(n dataplane.ServicePortName) string    { return localChainPrefix + chainBase(n) }
 func externalChain(n dataplane.ServicePortName) string { return externalChainPrefix + chainBase(n) }
 func firewallChain(n dataplane.ServicePortName) string { return firewallChainPrefix + chainBase(n) }
 func affinitySet(chain string) string                  { return affinitySetPrefix + chain }
+
+// limitSet names the connection-count set of a Service port limited to
+// limit connections per backend. The limit is part of the name because
+// every element copies the rule's "ct count" when it is created: a set
+// whose rules changed their limit would keep the old one in its elements
+// for as long as their backends hold connections, so another limit gets
+// another set.
+func limitSet(n dataplane.ServicePortName, limit int) string {
+	return limitSetPrefix + itoa(limit) + "-" + chainBase(n)
+}
 
 // anonSetName names the anonymous endpoint set of a chain's session
 // affinity rule (see anonMapName).

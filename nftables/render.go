@@ -391,12 +391,25 @@ func (r *ruleRenderer) dynset(e *expr.Dynset) {
 	if e.Timeout != 0 {
 		s += " timeout " + e.Timeout.String()
 	}
+	// Expressions the element carries (nft prints them inside the
+	// braces): "ct count [over] N"; others by name.
+	for _, x := range e.Exprs {
+		if c, ok := x.(*expr.Connlimit); ok {
+			s += " ct count "
+			if c.Flags&nftConnlimitFInv != 0 {
+				s += "over "
+			}
+			s += strconv.FormatUint(uint64(c.Count), 10)
+			if c.Flags&^nftConnlimitFInv != 0 {
+				s += fmt.Sprintf(" [flags %#x]", c.Flags)
+			}
+			continue
+		}
+		s += " [" + strings.TrimPrefix(fmt.Sprintf("%T", x), "*expr.") + "]"
+	}
 	s += " }"
 	if e.Invert {
 		s += " [inverted]"
-	}
-	if len(e.Exprs) > 0 {
-		s += " [exprs]"
 	}
 	r.emit(s)
 }

@@ -22,6 +22,9 @@ type setSpec struct {
 	// affinity), whose elements expire.
 	timeout bool
 	dynamic bool
+	// size bounds the elements the packet path may add (0: the kernel's
+	// default).
+	size    uint32
 	comment string
 }
 
@@ -36,6 +39,38 @@ func affinitySpec(f *family, chain string) setSpec {
 
 // isAffinitySetName reports whether a named set is a session affinity map.
 func isAffinitySetName(name string) bool { return strings.HasPrefix(name, affinitySetPrefix) }
+
+// limitSetSize bounds a connection-count set: one element per backend
+// that holds connections (elements whose count drops to zero are garbage
+// collected by the kernel), so 65535 (nft's default for such sets) is
+// far more than any Service's endpoints.
+const limitSetSize = 65535
+
+// limitSpec is the connection-count set of a Service port with
+// switchyard.io/max-connections-per-backend: backend address . port, each
+// element holding a "ct count" of the connections this node sent there
+// (see limitRules). The packet path adds the elements; syncs never read or
+// write them.
+func limitSpec(f *family, name string) setSpec {
+	return setSpec{name: name, keyType: nftables.MustConcatSetType(f.addrType, nftables.TypeInetService),
+		dynamic: true, size: limitSetSize, comment: "connections per backend"}
+}
+
+// isLimitSetName reports whether a named set is a connection-count set.
+func isLimitSetName(name string) bool { return strings.HasPrefix(name, limitSetPrefix) }
+
+// portSetSpec returns the spec of a per-Service-port set (session affinity
+// or connection count) from its name alone, for readers of the kernel's
+// table.
+func portSetSpec(f *family, name string) (setSpec, bool) {
+	switch {
+	case isAffinitySetName(name):
+		return affinitySpec(f, strings.TrimPrefix(name, affinitySetPrefix)), true
+	case isLimitSetName(name):
+		return limitSpec(f, name), true
+	}
+	return setSpec{}, false
+}
 
 func setSpecs(f *family) []setSpec {
 	addrProtoPort := nftables.MustConcatSetType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService)
@@ -75,7 +110,7 @@ func setKeyLen(f *family) func(string) int {
 // set returns the library object for the spec.
 func (s setSpec) set(t *nftables.Table) *nftables.Set {
 	return &nftables.Set{Table: t, Name: s.name, KeyType: s.keyType, DataType: s.dataType, IsMap: s.isMap,
-		HasTimeout: s.timeout, Dynamic: s.dynamic, Comment: s.comment}
+		HasTimeout: s.timeout, Dynamic: s.dynamic, Size: s.size, Comment: s.comment}
 }
 
 // chainSpec is a chain and its rules.

@@ -127,8 +127,9 @@ func (ts *tableState) elements(specs []setSpec) map[string]map[string]string {
 	return out
 }
 
-// affinitySets returns the session affinity maps of every port, by name.
-func (ts *tableState) affinitySets() map[string]setSpec {
+// portSets returns the sets of every port (session affinity maps,
+// connection-count sets), by name.
+func (ts *tableState) portSets() map[string]setSpec {
 	out := map[string]setSpec{}
 	for _, ps := range ts.ports {
 		for _, s := range ps.sets {

@@ -35,10 +35,10 @@ func planFull(cfg Config, b *batch, kt *kernelTable, want *tableState) error {
 	if !kt.exists {
 		b.addTable()
 	}
-	affinity := want.affinitySets()
+	portSets := want.portSets()
 	allSets := append([]setSpec(nil), specs...)
-	for _, name := range slices.Sorted(maps.Keys(affinity)) {
-		allSets = append(allSets, affinity[name])
+	for _, name := range slices.Sorted(maps.Keys(portSets)) {
+		allSets = append(allSets, portSets[name])
 	}
 	for _, spec := range allSets {
 		ks := kt.sets[spec.name]
@@ -94,8 +94,8 @@ func planFull(cfg Config, b *batch, kt *kernelTable, want *tableState) error {
 	}
 	for _, name := range slices.Sorted(maps.Keys(kt.sets)) {
 		s := kt.sets[name]
-		_, aff := affinity[name]
-		if !s.Anonymous && !isAnonymousSetName(name) && !aff && !slices.ContainsFunc(specs, func(sp setSpec) bool { return sp.name == name }) {
+		_, portSet := portSets[name]
+		if !s.Anonymous && !isAnonymousSetName(name) && !portSet && !slices.ContainsFunc(specs, func(sp setSpec) bool { return sp.name == name }) {
 			b.delSet(name)
 		}
 	}

@@ -60,22 +60,31 @@ func ValidateMark(flows []Flow, mark, mask uint32) error {
 }
 
 func validateOrig(fl Flow) error {
+	if err := checkOrig(fl); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidMark, err)
+	}
+	return nil
+}
+
+// checkOrig is validateOrig without the sentinel, for requests other
+// than marking that name entries the same way (GetFlows).
+func checkOrig(fl Flow) error {
 	switch fl.Protocol {
 	case dataplane.TCP, dataplane.UDP, dataplane.SCTP:
 	default:
-		return fmt.Errorf("%w: %s: protocol %q has no ports", ErrInvalidMark, fl, fl.Protocol)
+		return fmt.Errorf("%s: protocol %q has no ports", fl, fl.Protocol)
 	}
 	src, dst := fl.Orig.Src, fl.Orig.Dst
 	for _, ap := range []netip.AddrPort{src, dst} {
 		if !ap.IsValid() || ap.Port() == 0 {
-			return fmt.Errorf("%w: %s: original tuple needs addresses and ports", ErrInvalidMark, fl)
+			return fmt.Errorf("%s: original tuple needs addresses and ports", fl)
 		}
 		if ap.Addr().Is4In6() || ap.Addr().Zone() != "" {
-			return fmt.Errorf("%w: %s: address %s must be plain IPv4 or IPv6", ErrInvalidMark, fl, ap.Addr())
+			return fmt.Errorf("%s: address %s must be plain IPv4 or IPv6", fl, ap.Addr())
 		}
 	}
 	if src.Addr().Is4() != dst.Addr().Is4() {
-		return fmt.Errorf("%w: %s mixes address families", ErrInvalidMark, fl)
+		return fmt.Errorf("%s mixes address families", fl)
 	}
 	return nil
 }
@@ -118,13 +127,23 @@ func (n *Netlink) MarkFlows(flows []Flow, mark, mask uint32) (int, error) {
 // markRequest encodes the update of fl's entry (see MarkFlows). The flow
 // must have passed ValidateMark.
 func markRequest(fl Flow, mark, mask uint32) *nl.NetlinkRequest {
+	fam, orig := origTupleAttr(fl)
+	req := nl.NewNetlinkRequest(int(netlink.ConntrackTable)<<8|nl.IPCTNL_MSG_CT_NEW, unix.NLM_F_ACK)
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: fam, Version: nl.NFNETLINK_V0})
+	req.AddData(orig)
+	req.AddData(nl.NewRtAttr(nl.CTA_MARK, nl.BEUint32Attr(mark)))
+	req.AddData(nl.NewRtAttr(ctaMarkMask, nl.BEUint32Attr(mask)))
+	return req
+}
+
+// origTupleAttr encodes fl's original tuple as CTA_TUPLE_ORIG, which
+// names the entry in requests (zone 0), and returns its address family
+// for the nfgenmsg. The flow must have passed validateOrig.
+func origTupleAttr(fl Flow) (uint8, *nl.RtAttr) {
 	fam, srcAttr, dstAttr := uint8(unix.AF_INET), nl.CTA_IP_V4_SRC, nl.CTA_IP_V4_DST
 	if fl.Orig.Src.Addr().Is6() {
 		fam, srcAttr, dstAttr = unix.AF_INET6, nl.CTA_IP_V6_SRC, nl.CTA_IP_V6_DST
 	}
-	req := nl.NewNetlinkRequest(int(netlink.ConntrackTable)<<8|nl.IPCTNL_MSG_CT_NEW, unix.NLM_F_ACK)
-	req.AddData(&nl.Nfgenmsg{NfgenFamily: fam, Version: nl.NFNETLINK_V0})
-
 	orig := nl.NewRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_ORIG, nil)
 	ip := orig.AddRtAttr(unix.NLA_F_NESTED|nl.CTA_TUPLE_IP, nil)
 	ip.AddRtAttr(srcAttr, fl.Orig.Src.Addr().AsSlice())
@@ -133,10 +152,7 @@ func markRequest(fl Flow, mark, mask uint32) *nl.NetlinkRequest {
 	proto.AddRtAttr(nl.CTA_PROTO_NUM, []byte{protoNumber(fl.Protocol)})
 	proto.AddRtAttr(nl.CTA_PROTO_SRC_PORT, nl.BEUint16Attr(fl.Orig.Src.Port()))
 	proto.AddRtAttr(nl.CTA_PROTO_DST_PORT, nl.BEUint16Attr(fl.Orig.Dst.Port()))
-	req.AddData(orig)
-	req.AddData(nl.NewRtAttr(nl.CTA_MARK, nl.BEUint32Attr(mark)))
-	req.AddData(nl.NewRtAttr(ctaMarkMask, nl.BEUint32Attr(mask)))
-	return req
+	return fam, orig
 }
 
 // MarkCall is one successful Fake.MarkFlows call.

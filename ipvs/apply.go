@@ -83,7 +83,7 @@ func (p *Proxier) applyKey(r *syncRun, k Key, now time.Time) {
 func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS, now time.Time) {
 	for _, addr := range slices.SortedFunc(maps.Keys(d.RealServers), netip.AddrPort.Compare) {
 		w := d.RealServers[addr]
-		want := RealServer{Addr: addr, Weight: w, Forward: ForwardMasq}
+		want := d.realServer(addr, w)
 		cur, ok := o.rss[addr]
 		switch {
 		case !ok:
@@ -95,14 +95,14 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 			if _, had := r.hadRealServer(k, addr); had {
 				r.repaired = true
 			}
-		case cur.Weight != w || cur.Forward != ForwardMasq:
+		case cur.Weight != w || cur.Forward != ForwardMasq || !cur.sameThresholds(want):
 			if err := p.handle.UpdateRealServer(k, want); err != nil {
 				r.errs = append(r.errs, err)
 				continue
 			}
-			cur.Weight, cur.Forward = w, ForwardMasq
+			cur.Weight, cur.Forward, cur.UpperThreshold, cur.LowerThreshold = w, ForwardMasq, want.UpperThreshold, want.LowerThreshold
 			o.rss[addr] = cur
-			if had, ok := r.hadRealServer(k, addr); ok && had.Weight == w && had.Forward == ForwardMasq {
+			if had, ok := r.hadRealServer(k, addr); ok && had.Weight == w && had.Forward == ForwardMasq && had.sameThresholds(want) {
 				r.repaired = true
 			}
 		}
@@ -140,7 +140,9 @@ func (p *Proxier) syncRealServers(r *syncRun, k Key, d *DesiredVS, o *observedVS
 		}
 		if cur.Weight != 0 {
 			cur.Weight = 0
-			if err := p.handle.UpdateRealServer(k, RealServer{Addr: addr, Weight: 0, Forward: cur.Forward}); err != nil {
+			// The update writes every attribute: the thresholds stay.
+			if err := p.handle.UpdateRealServer(k, RealServer{Addr: addr, Weight: 0, Forward: cur.Forward,
+				UpperThreshold: cur.UpperThreshold, LowerThreshold: cur.LowerThreshold}); err != nil {
 				r.errs = append(r.errs, fmt.Errorf("drain: %w", err))
 				continue
 			}

@@ -41,6 +41,26 @@ type DesiredVS struct {
 	// another zone's) are left out, so a real server for one drains like a
 	// removed endpoint's.
 	RealServers map[netip.AddrPort]int
+	// ConnLimit is switchyard.io/max-connections-per-backend (TCP ports
+	// only; 0: none): every real server gets it as both its upper and its
+	// lower threshold, so IPVS stops scheduling to a real server that
+	// holds ConnLimit connections of this virtual server and resumes as
+	// soon as one of them expires (the default lower threshold, 3/4 of
+	// the upper, would keep a full backend out for longer). The kernel
+	// counts per virtual server and per node: a backend behind a cluster
+	// IP and a NodePort has a limit on each. It counts active and
+	// inactive connections, so a closed connection is counted until its
+	// IPVS entry expires (TIME_WAIT: 2 minutes after a FIN, CLOSE: 10 s
+	// after a reset). With every real server full the kernel has no
+	// destination and answers the client's SYN with ICMP port
+	// unreachable: connection refused, not a hang.
+	ConnLimit uint32
+}
+
+// realServer returns the kernel object for the real server addr of
+// weight w.
+func (d *DesiredVS) realServer(addr netip.AddrPort, w int) RealServer {
+	return RealServer{Addr: addr, Weight: w, Forward: ForwardMasq, UpperThreshold: d.ConnLimit, LowerThreshold: d.ConnLimit}
 }
 
 // VirtualServer returns the kernel object for key k.
@@ -242,6 +262,12 @@ func newPortDesired(name dataplane.ServicePortName, sp *dataplane.ServicePort, s
 	}
 	if sp.Scheduler != "" {
 		pd.tmpl.Scheduler = sp.Scheduler
+	}
+	// UDP and SCTP "connections" in IPVS are timers refreshed by every
+	// packet: a limit would count flows long gone. The other dataplanes
+	// limit TCP only too.
+	if sp.MaxConnectionsPerBackend > 0 && name.Protocol == dataplane.TCP {
+		pd.tmpl.ConnLimit = uint32(sp.MaxConnectionsPerBackend)
 	}
 	if sp.SessionAffinityTimeout > 0 {
 		pd.tmpl.Flags |= FlagPersistent

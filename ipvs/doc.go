@@ -34,6 +34,22 @@
 // *-LOCAL sets). A real server the policy or topology no longer selects
 // drains like a removed endpoint's; see Desired and DesiredVS.RealServers.
 //
+// # Connection limits
+//
+// switchyard.io/max-connections-per-backend N on a TCP port sets the upper
+// and the lower threshold (IPVS_DEST_ATTR_U_THRESH, L_THRESH) of every real
+// server of its virtual servers to N (DesiredVS.ConnLimit; ipvsadm shows
+// them as Uthreshold/Lthreshold). IPVS counts per virtual server on this
+// node: a real server holding N connections (active and inactive, so a
+// closed one until its entry expires) is overloaded and skipped by every
+// scheduler; with all of them overloaded the kernel answers the SYN with
+// ICMP port unreachable (ip_vs_leave), which the client sees as connection
+// refused at once. Unlike the nftables dataplane, IPVS picks another
+// backend when the first choice is full. UDP and SCTP ports are not
+// limited. With sessionAffinity ClientIP, IPVS keeps sending a client to
+// its persistence template's real server even when it is overloaded
+// (ip_vs_check_template does not look at the overload flag).
+//
 // # Ownership
 //
 // switchyard shares IPVS and the node's addresses with other programs, so

@@ -193,7 +193,7 @@ func (f *FakeHandle) DeleteVirtualServer(k Key) error {
 func (f *FakeHandle) AddRealServer(k Key, rs RealServer) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.record("AddRealServer", k, fmt.Sprintf("%s weight=%d", rs.Addr, rs.Weight)); err != nil {
+	if err := f.record("AddRealServer", k, fmt.Sprintf("%s weight=%d", rs.Addr, rs.Weight)+rs.thresholds()); err != nil {
 		return err
 	}
 	v, ok := f.vss[k]
@@ -215,7 +215,7 @@ func (f *FakeHandle) AddRealServer(k Key, rs RealServer) error {
 func (f *FakeHandle) UpdateRealServer(k Key, rs RealServer) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.record("UpdateRealServer", k, fmt.Sprintf("%s weight=%d", rs.Addr, rs.Weight)); err != nil {
+	if err := f.record("UpdateRealServer", k, fmt.Sprintf("%s weight=%d", rs.Addr, rs.Weight)+rs.thresholds()); err != nil {
 		return err
 	}
 	v, ok := f.vss[k]
@@ -229,7 +229,7 @@ func (f *FakeHandle) UpdateRealServer(k Key, rs RealServer) error {
 	if err := validateFakeRS(k, rs); err != nil {
 		return fmt.Errorf("update real server %s of %s: %w", rs.Addr, k, err)
 	}
-	old.Weight, old.Forward = rs.Weight, rs.Forward
+	old.Weight, old.Forward, old.UpperThreshold, old.LowerThreshold = rs.Weight, rs.Forward, rs.UpperThreshold, rs.LowerThreshold
 	v.rss[rs.Addr] = old
 	return nil
 }

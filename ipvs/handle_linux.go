@@ -93,11 +93,13 @@ func (k *KernelHandle) ListRealServers(key Key) ([]RealServer, error) {
 			return nil, fmt.Errorf("list real servers of %s: bad address %v", key, d.Address)
 		}
 		out = append(out, RealServer{
-			Addr:          netip.AddrPortFrom(a.Unmap(), d.Port),
-			Weight:        d.Weight,
-			Forward:       ForwardMethod(d.ConnectionFlags) & forwardMask,
-			ActiveConns:   d.ActiveConnections,
-			InactiveConns: d.InactiveConnections,
+			Addr:           netip.AddrPortFrom(a.Unmap(), d.Port),
+			Weight:         d.Weight,
+			Forward:        ForwardMethod(d.ConnectionFlags) & forwardMask,
+			UpperThreshold: d.UpperThreshold,
+			LowerThreshold: d.LowerThreshold,
+			ActiveConns:    d.ActiveConnections,
+			InactiveConns:  d.InactiveConnections,
 		})
 	}
 	return out, nil
@@ -193,6 +195,9 @@ func (k *KernelHandle) destOp(op string, key Key, rs RealServer, f func(*libipvs
 		Weight:          rs.Weight,
 		ConnectionFlags: uint32(rs.Forward & forwardMask),
 		AddressFamily:   family(rs.Addr.Addr()),
+		// moby/ipvs sends both thresholds on every add and update.
+		UpperThreshold: rs.UpperThreshold,
+		LowerThreshold: rs.LowerThreshold,
 	}
 	k.mu.Lock()
 	err = f(k.h, svc, d)

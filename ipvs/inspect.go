@@ -225,7 +225,7 @@ func inspect(h Handle, own ownership, drains map[drainKey]time.Time, ds *Desired
 			vs := InspectedVS{Key: k, Scheduler: d.Scheduler, Flags: d.Flags, Timeout: d.Timeout, Missing: true,
 				Owned: true, Service: d.Service.String(), Drift: []string{"missing from the kernel"}}
 			for _, a := range slices.SortedFunc(maps.Keys(d.RealServers), netip.AddrPort.Compare) {
-				vs.RealServers = append(vs.RealServers, InspectedRS{RealServer: RealServer{Addr: a, Weight: d.RealServers[a]},
+				vs.RealServers = append(vs.RealServers, InspectedRS{RealServer: d.realServer(a, d.RealServers[a]),
 					Wanted: true, DesiredWeight: d.RealServers[a], Missing: true})
 			}
 			out.VirtualServers = append(out.VirtualServers, vs)
@@ -270,6 +270,9 @@ func annotate(vs *InspectedVS, d *DesiredVS) {
 			vs.Drift = append(vs.Drift, fmt.Sprintf("real server %s not wanted, weight %d", rs.Addr, rs.Weight))
 		case wanted && rs.Forward != ForwardMasq:
 			vs.Drift = append(vs.Drift, fmt.Sprintf("real server %s forwarding %s, want masq", rs.Addr, rs.Forward))
+		case wanted && !rs.sameThresholds(d.realServer(rs.Addr, w)):
+			vs.Drift = append(vs.Drift, fmt.Sprintf("real server %s thresholds upper %d lower %d, want %d %d",
+				rs.Addr, rs.UpperThreshold, rs.LowerThreshold, d.ConnLimit, d.ConnLimit))
 		}
 		// Not wanted at weight 0: draining, as expected.
 	}
@@ -278,7 +281,7 @@ func annotate(vs *InspectedVS, d *DesiredVS) {
 			continue
 		}
 		w := d.RealServers[a]
-		vs.RealServers = append(vs.RealServers, InspectedRS{RealServer: RealServer{Addr: a, Weight: w}, Wanted: true, DesiredWeight: w, Missing: true})
+		vs.RealServers = append(vs.RealServers, InspectedRS{RealServer: d.realServer(a, w), Wanted: true, DesiredWeight: w, Missing: true})
 		vs.Drift = append(vs.Drift, fmt.Sprintf("real server %s missing", a))
 	}
 	slices.SortFunc(vs.RealServers, func(a, b InspectedRS) int { return a.Addr.Compare(b.Addr) })
@@ -366,7 +369,7 @@ func (in *Inspection) Dump() string {
 		}
 		b.WriteByte('\n')
 		for _, rs := range vs.RealServers {
-			fmt.Fprintf(&b, "  rs %s %s weight=%d active=%d inactive=%d", rs.Addr, rs.Forward, rs.Weight, rs.ActiveConns, rs.InactiveConns)
+			fmt.Fprintf(&b, "  rs %s %s weight=%d%s active=%d inactive=%d", rs.Addr, rs.Forward, rs.Weight, rs.thresholds(), rs.ActiveConns, rs.InactiveConns)
 			if rs.Missing {
 				b.WriteString(" missing")
 			}

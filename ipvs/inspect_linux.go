@@ -45,11 +45,13 @@ func (k *KernelHandle) ReadTable() ([]InspectedVS, error) {
 			}
 			iv.RealServers = append(iv.RealServers, InspectedRS{
 				RealServer: RealServer{
-					Addr:          netip.AddrPortFrom(a.Unmap(), d.Port),
-					Weight:        d.Weight,
-					Forward:       ForwardMethod(d.ConnectionFlags) & forwardMask,
-					ActiveConns:   d.ActiveConnections,
-					InactiveConns: d.InactiveConnections,
+					Addr:           netip.AddrPortFrom(a.Unmap(), d.Port),
+					Weight:         d.Weight,
+					Forward:        ForwardMethod(d.ConnectionFlags) & forwardMask,
+					UpperThreshold: d.UpperThreshold,
+					LowerThreshold: d.LowerThreshold,
+					ActiveConns:    d.ActiveConnections,
+					InactiveConns:  d.InactiveConnections,
 				},
 				Stats: libStats(d.Stats),
 			})

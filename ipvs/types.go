@@ -92,6 +92,14 @@ type RealServer struct {
 	Addr    netip.AddrPort
 	Weight  int
 	Forward ForwardMethod
+	// UpperThreshold and LowerThreshold are IPVS_DEST_ATTR_U_THRESH and
+	// L_THRESH (0: none). The kernel marks a real server overloaded when a
+	// new connection brings its active + inactive connections to
+	// UpperThreshold, and its schedulers skip it until an expiring
+	// connection leaves fewer than LowerThreshold (with LowerThreshold 0:
+	// fewer than 3/4 of UpperThreshold). See DesiredVS.ConnLimit.
+	UpperThreshold uint32
+	LowerThreshold uint32
 	// Connection counts as the kernel reports them; ignored on writes.
 	// Inactive connections include TIME_WAIT and closing TCP states and
 	// every UDP "connection" (a timer refreshed by each packet).
@@ -100,11 +108,25 @@ type RealServer struct {
 }
 
 func (r RealServer) line(withConns bool) string {
-	s := fmt.Sprintf("  rs %s %s weight=%d", r.Addr, r.Forward, r.Weight)
+	s := fmt.Sprintf("  rs %s %s weight=%d", r.Addr, r.Forward, r.Weight) + r.thresholds()
 	if withConns {
 		s += fmt.Sprintf(" active=%d inactive=%d", r.ActiveConns, r.InactiveConns)
 	}
 	return s
+}
+
+// thresholds is the dump text of the connection thresholds, empty without
+// any (so real servers without a limit print as they always did).
+func (r RealServer) thresholds() string {
+	if r.UpperThreshold == 0 && r.LowerThreshold == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" uthreshold=%d lthreshold=%d", r.UpperThreshold, r.LowerThreshold)
+}
+
+// sameThresholds reports whether r has the thresholds of o.
+func (r RealServer) sameThresholds(o RealServer) bool {
+	return r.UpperThreshold == o.UpperThreshold && r.LowerThreshold == o.LowerThreshold
 }
 
 // gracefulDrain reports whether real servers of this protocol are drained

@@ -98,38 +98,46 @@ func (p *Proxier) writeChain(ctx context.Context, table, chain string, cur, want
 	return nil
 }
 
-// syncHooks makes each hook the first rule of its built-in chain, exactly
-// once. A missing hook is inserted at the top; a hook that slid down (other
-// software inserted before it) is re-inserted at the top and the old copy
-// deleted afterwards, so the jump is never absent. Other rules in the
-// built-in chain are never touched.
+// syncHooks makes the hooks of each built-in chain its first rules, in
+// order, each exactly once. A missing or misplaced hook is inserted where
+// it belongs (other software inserted before it, another hook of ours
+// taking its place) and the old copy deleted afterwards, so the jump is
+// never absent. Other rules in the built-in chain are never touched.
 func (p *Proxier) syncHooks(ctx context.Context, want DesiredState, n *opCounts) error {
-	for _, h := range want.Hooks {
+	for _, g := range groupHooks(want.Hooks) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rules, err := p.tables.ListRules(h.Table, h.Chain)
+		rules, err := p.tables.ListRules(g.table, g.chain)
 		if err != nil {
 			return err
 		}
-		if len(rules) == 0 || !rules[0].Equal(h.Rule) {
-			if err := p.tables.Insert(h.Table, h.Chain, 1, h.Rule); err != nil {
+		for i, h := range g.rules {
+			if i < len(rules) && rules[i].Equal(h) {
+				continue
+			}
+			if i == len(rules) {
+				err = p.tables.Append(g.table, g.chain, h)
+			} else {
+				err = p.tables.Insert(g.table, g.chain, i+1, h)
+			}
+			if err != nil {
 				return err
 			}
 			n.ruleWrites++
-			rules = slices.Insert(rules, 0, h.Rule)
-			klog.FromContext(ctx).V(2).Info("Inserted hook", "table", h.Table, "chain", h.Chain, "rule", h.Rule.String())
+			rules = slices.Insert(rules, i, h)
+			klog.FromContext(ctx).V(2).Info("Inserted hook", "table", g.table, "chain", g.chain, "position", i+1, "rule", h.String())
 		}
 		// Delete from the bottom so positions above stay valid.
-		for i := len(rules) - 1; i >= 1; i-- {
+		for i := len(rules) - 1; i >= len(g.rules); i-- {
 			if !isOurHook(rules[i]) {
 				continue
 			}
-			if err := p.tables.DeleteAt(h.Table, h.Chain, i+1); err != nil {
+			if err := p.tables.DeleteAt(g.table, g.chain, i+1); err != nil {
 				return err
 			}
 			n.ruleWrites++
-			klog.FromContext(ctx).V(2).Info("Deleted duplicate or stale hook", "table", h.Table, "chain", h.Chain, "rule", rules[i].String())
+			klog.FromContext(ctx).V(2).Info("Deleted duplicate or stale hook", "table", g.table, "chain", g.chain, "rule", rules[i].String())
 		}
 	}
 	return nil

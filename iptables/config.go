@@ -8,6 +8,14 @@ import (
 // defaultMasqueradeBit is kube-proxy's --iptables-masquerade-bit default.
 const defaultMasqueradeBit = 14
 
+// DefaultResetMarkBit is the conntrack mark bit that asks for a connection
+// reset when Config.ResetMarkBit is nil (0x8000), the nftables dataplane's
+// default too (nftables.DefaultResetMarkBit).
+const DefaultResetMarkBit = 15
+
+// ResetMarkOff, as Config.ResetMarkBit, leaves the reset rules out.
+const ResetMarkOff = -1
+
 // Config is the node-level policy for masquerading service traffic, for
 // one IP family: a dual-stack node runs one Proxier per family (as
 // kube-proxy's IPVS mode runs one proxier per family), each with its own
@@ -47,6 +55,21 @@ type Config struct {
 	// out-of-window TCP segments instead of marking them INVALID.
 	ConntrackTCPBeLiberal bool
 
+	// ResetMarkBit is the conntrack mark bit (0..31; the connection's mark,
+	// "-m connmark", not the packet's fwmark) that asks the dataplane to
+	// reset a TCP connection it forwards, or that starts or ends on this
+	// node: the rebalancer sets it on chosen entries
+	// (conntrack.Netlink.MarkFlows with ResetMark) and the filter chains
+	// turn the connection's next packet, from either end, into a reset to
+	// its sender (see the package documentation, "Resetting marked
+	// connections"). nil means DefaultResetMarkBit (0x8000), ResetMarkOff
+	// leaves the rules out; without marked entries traffic is unaffected.
+	// It must differ from MasqueradeBit, as in the nftables dataplane: the
+	// two live in different marks, but where something copies packet marks
+	// into conntrack marks (CONNMARK --save-mark) a shared bit would reset
+	// every masqueraded connection.
+	ResetMarkBit *int
+
 	// RandomFully adds --random-fully to MASQUERADE (fully randomized
 	// source ports avoid SNAT port collisions; iptables >= 1.6.2, kernel >=
 	// 3.14). NewProxier sets it from Tables.HasRandomFully; Desired only
@@ -62,6 +85,12 @@ func (c Config) withDefaults() Config {
 		bit := defaultMasqueradeBit
 		c.MasqueradeBit = &bit
 	}
+	bit := DefaultResetMarkBit
+	if c.ResetMarkBit != nil {
+		bit = *c.ResetMarkBit
+	}
+	c.ResetMarkBit = &bit // the caller's variable may change later
+
 	return c
 }
 
@@ -72,6 +101,13 @@ func (c Config) validate() error {
 	}
 	if bit := *c.MasqueradeBit; bit < 0 || bit > 31 {
 		return fmt.Errorf("masquerade bit %d out of range 0..31", bit)
+	}
+	switch bit := *c.ResetMarkBit; {
+	case bit == ResetMarkOff:
+	case bit < 0 || bit > 31:
+		return fmt.Errorf("reset mark bit %d out of range 0..31 (or %d: off)", bit, ResetMarkOff)
+	case bit == *c.MasqueradeBit:
+		return fmt.Errorf("reset mark bit %d is the masquerade bit", bit)
 	}
 	for _, p := range c.ClusterCIDRs {
 		if !p.IsValid() {
@@ -91,6 +127,27 @@ func (c Config) masqMark() string {
 func (c Config) clearMasqMark() string {
 	bit := uint32(1) << *c.withDefaults().MasqueradeBit
 	return fmt.Sprintf("0x0/%#x", bit)
+}
+
+// ResetMark is the conntrack mark value (and mask) that asks for a reset
+// (conntrack.Netlink.MarkFlows(flows, m, m)); 0 when the rules are off or
+// the Config is invalid.
+func (c Config) ResetMark() uint32 {
+	if c.validate() != nil {
+		return 0
+	}
+	bit := *c.withDefaults().ResetMarkBit
+	if bit == ResetMarkOff {
+		return 0
+	}
+	return uint32(1) << bit
+}
+
+// resetMark is the reset bit as `iptables -S` prints a connmark match:
+// "0x8000/0x8000". Only for a Config whose bit is not ResetMarkOff.
+func (c Config) resetMark() string {
+	bit := uint32(1) << *c.withDefaults().ResetMarkBit
+	return fmt.Sprintf("%#x/%#x", bit, bit)
 }
 
 // clusterCIDRs returns the cluster CIDRs of a family, masked, without

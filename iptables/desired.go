@@ -19,7 +19,8 @@ type DesiredState struct {
 	// Chains are in apply order: a chain comes after every chain it jumps
 	// to, so filling them in order never references an empty chain.
 	Chains []DesiredChain
-	// Hooks are the jumps from built-in chains, one per built-in chain.
+	// Hooks are the jumps from built-in chains; those of one built-in
+	// chain in the order they go at its top (see buildHooks).
 	Hooks []Hook
 }
 
@@ -45,9 +46,10 @@ type DesiredChain struct {
 	Rules []Rule
 }
 
-// Hook is our rule in a built-in chain; it must be that chain's first rule,
-// so that nothing (another NAT rule, an ACCEPT) decides the packet's fate
-// before it is marked.
+// Hook is our rule in a built-in chain. Our hooks of a built-in chain must
+// be its first rules, in Desired's order, so that nothing (another NAT
+// rule, an ACCEPT) decides the packet's fate before it is marked or, for
+// marked connections, reset.
 type Hook struct {
 	Table string
 	Chain string
@@ -76,7 +78,7 @@ func desiredFamily(st *dataplane.State, cfg Config, fam Family) DesiredState {
 		Family: fam,
 		Sets:   sets,
 		Chains: buildChains(cfg, fam, nonEmpty),
-		Hooks:  buildHooks(),
+		Hooks:  buildHooks(cfg),
 	}
 }
 

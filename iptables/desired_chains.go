@@ -1,6 +1,9 @@
 package iptables
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // Rule-building helpers. Rules are written in the order `iptables -S`
 // prints them (see Rule): address and protocol matches (-s, -d, -p) first,
@@ -83,7 +86,11 @@ func buildChains(cfg Config, fam Family, nonEmpty func(set string) bool) []Desir
 		services.Rules = append(services.Rules,
 			rule(comment("node port traffic"), []string{"-m", "addrtype", "--dst-type", "LOCAL"}, jump(chainNodePort)))
 	}
-	chains = append(chains, services, postroutingChain(cfg, fam, nonEmpty), forwardChain(cfg))
+	chains = append(chains, services, postroutingChain(cfg, fam, nonEmpty))
+	if reset := resetMarkedChain(cfg); reset != nil {
+		chains = append(chains, *reset)
+	}
+	chains = append(chains, forwardChain(cfg))
 	for _, table := range []string{TableFilter, TableMangle} {
 		chains = append(chains, firewallChains(cfg, table, fam, nonEmpty)...)
 	}
@@ -302,7 +309,39 @@ func forwardChain(cfg Config) DesiredChain {
 	return c
 }
 
-// buildHooks returns the jumps from built-in chains into ours.
+// resetMarkedChain resets TCP connections whose conntrack entry carries
+// the reset bit (nil when Config.ResetMarkBit is off): the packet, whichever
+// end sent it, is dropped and its sender gets a TCP reset (REJECT
+// --reject-with tcp-reset, which also moves the entry to CLOSE on kernels
+// with nf_ct_set_closing: 6.1.81+, 6.3+). The bit stays set, so the other
+// end is reset too when it next sends. SYN and RST segments pass: a new
+// connection reusing the tuple, and an end's own reset, must get through
+// (REJECT would drop a RST without answering it).
+func resetMarkedChain(cfg Config) *DesiredChain {
+	if *cfg.withDefaults().ResetMarkBit == ResetMarkOff {
+		return nil
+	}
+	return &DesiredChain{Table: TableFilter, Name: chainResetMarked, Rules: []Rule{
+		rule([]string{"-p", "tcp"}, comment("reset a connection marked for rebalancing"),
+			[]string{"-m", "connmark", "--mark", cfg.resetMark()},
+			[]string{"-m", "tcp", "--tcp-flags", "SYN,RST", "NONE"},
+			jump("REJECT", "--reject-with", "tcp-reset")),
+	}}
+}
+
+// buildHooks returns the jumps from built-in chains into ours, the hooks
+// of one built-in chain in the order they must come first in it.
+//
+// The reset of marked connections (resetMarkedChain) comes first in
+// filter INPUT, FORWARD and OUTPUT, ahead of everything else of ours (an
+// ACCEPT in SWITCHYARD-FORWARD would end the packet's walk) and before
+// IPVS sees the packet: a client's packet to a virtual server is
+// delivered locally and passes filter INPUT (priority 0) before IPVS
+// takes it at LOCAL_IN (priority NF_IP_PRI_NAT_SRC-1); a backend's reply
+// crosses filter FORWARD before IPVS de-NATs it (FORWARD, priority 100),
+// or filter INPUT for a client on the node; a connection from the node
+// itself is scheduled by IPVS at LOCAL_OUT (-98) and still passes filter
+// OUTPUT (0), to the real server, with the same conntrack entry.
 //
 // The loadBalancerSourceRanges firewall needs two hooks, because IPVS
 // takes packets to a virtual server at different points depending on
@@ -332,18 +371,46 @@ func forwardChain(cfg Config) DesiredChain {
 // so packets to it are delivered locally, not forwarded; replies from the
 // real servers cross FORWARD with the client as destination and get the
 // LB IP as source only after it, from IPVS.
-func buildHooks() []Hook {
+func buildHooks(cfg Config) []Hook {
 	hook := func(table, from, to, what string) Hook {
 		return Hook{Table: table, Chain: from, Rule: rule(comment(hookCommentPrefix+what), jump(to))}
 	}
-	return []Hook{
+	hooks := []Hook{
 		hook(TableNAT, builtinPrerouting, chainServices, "service portals"),
 		hook(TableNAT, builtinOutput, chainServices, "service portals"),
 		hook(TableNAT, builtinPostrouting, chainPostrouting, "postrouting rules"),
+	}
+	if *cfg.withDefaults().ResetMarkBit != ResetMarkOff {
+		for _, from := range []string{builtinInput, builtinForward, builtinOutput} {
+			hooks = append(hooks, hook(TableFilter, from, chainResetMarked, "reset connections marked for rebalancing"))
+		}
+	}
+	return append(hooks,
 		hook(TableFilter, builtinForward, chainForward, "forwarding rules"),
 		hook(TableFilter, builtinInput, chainFirewall, "load balancer source ranges"),
 		hook(TableMangle, builtinOutput, chainFirewall, "load balancer source ranges, from this node"),
+	)
+}
+
+// hookGroup is the hooks of one built-in chain, in order.
+type hookGroup struct {
+	table, chain string
+	rules        []Rule
+}
+
+// groupHooks groups hooks by built-in chain, in the order each chain
+// first appears.
+func groupHooks(hooks []Hook) []hookGroup {
+	var out []hookGroup
+	for _, h := range hooks {
+		i := slices.IndexFunc(out, func(g hookGroup) bool { return g.table == h.Table && g.chain == h.Chain })
+		if i < 0 {
+			out = append(out, hookGroup{table: h.Table, chain: h.Chain})
+			i = len(out) - 1
+		}
+		out[i].rules = append(out[i].rules, h.Rule)
 	}
+	return out
 }
 
 // isOurHook reports whether a rule in a built-in chain is one of ours:

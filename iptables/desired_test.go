@@ -39,7 +39,7 @@ func TestDesiredEmptyState(t *testing.T) {
 	for _, c := range d.Chains {
 		names = append(names, c.Table+"/"+c.Name)
 	}
-	want := "nat/SWITCHYARD-MARK-MASQ nat/SWITCHYARD-SERVICES nat/SWITCHYARD-POSTROUTING filter/SWITCHYARD-FORWARD " +
+	want := "nat/SWITCHYARD-MARK-MASQ nat/SWITCHYARD-SERVICES nat/SWITCHYARD-POSTROUTING filter/SWITCHYARD-RESET-MARKED filter/SWITCHYARD-FORWARD " +
 		"filter/SWITCHYARD-PROXY-FIREWALL mangle/SWITCHYARD-PROXY-FIREWALL"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("chains: got %s, want %s", got, want)
@@ -69,7 +69,7 @@ func TestDesiredNamesFit(t *testing.T) {
 		}
 	}
 	for _, c := range []string{chainServices, chainPostrouting, chainMarkMasq, chainClusterIP, chainNodePort, chainLoadBalancer, chainExternalIP, chainForward,
-		chainFirewall, chainSourceRanges} {
+		chainFirewall, chainSourceRanges, chainNoLocalEndpoint, chainResetMarked} {
 		if len(c) > maxChainNameLen || !isOwned(c) {
 			t.Errorf("chain name %q: too long or not owned", c)
 		}

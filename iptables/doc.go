@@ -3,7 +3,8 @@
 // every endpoint, for hairpin detection), and a few iptables chains mark
 // packets to those frontends with the masquerade bit; POSTROUTING then
 // masquerades marked packets and hairpin traffic. It also filters load
-// balancer traffic by loadBalancerSourceRanges (see below).
+// balancer traffic by loadBalancerSourceRanges, and resets TCP connections
+// the rebalancer marked (see below).
 //
 // The package has three layers:
 //
@@ -91,6 +92,43 @@
 // Config.ClusterCIDRs (pods: kept unmasqueraded) and for the node's own
 // addresses (masqueraded, see above) and drops other new connections.
 // Without ClusterCIDRs pods cannot be told apart and are dropped too.
+//
+// # Resetting marked connections
+//
+// The connection rebalancer sheds long-lived TCP connections IPVS
+// forwards by setting Config.ResetMarkBit (default 0x8000,
+// DefaultResetMarkBit, the nftables dataplane's bit too) in their
+// conntrack mark (conntrack.Netlink.MarkFlows; with the IPVS dataplane
+// the entries exist because net.ipv4.vs.conntrack=1). filter INPUT,
+// FORWARD and OUTPUT jump first, before any other rule of ours, to
+//
+//	SWITCHYARD-RESET-MARKED:
+//	    -p tcp -m connmark --mark 0x8000/0x8000 -m tcp --tcp-flags SYN,RST NONE -j REJECT --reject-with tcp-reset
+//
+// so the connection's next packet, from either end, is dropped and its
+// sender gets a reset. The hooks run before IPVS: a client's packet to a
+// virtual server passes filter INPUT (priority 0) before IPVS schedules
+// it at LOCAL_IN (NF_IP_PRI_NAT_SRC-1), a backend's reply passes filter
+// FORWARD before IPVS de-NATs it (priority 100; filter INPUT for a client
+// on the node), and the node's own connections, which IPVS takes at
+// LOCAL_OUT (-98), still pass filter OUTPUT. The reset to a client comes
+// from the virtual IP, the one to a backend from the address it sees as
+// the client's (masqueraded or not).
+//
+// Unlike the nftables dataplane's reset-marked chain, which rewrites a
+// data segment into a reset of its receiver, iptables has no target for
+// that: the receiver of the rejected packet learns of it only when it
+// sends next (the bit stays set), e.g. a server waiting for the next
+// request at its keepalive probe or, after the entry expired, from the
+// client's stack answering with a reset. REJECT moves the conntrack entry
+// to CLOSE (nf_ct_set_closing, Linux 6.1.81+ and 6.3+; it expires after
+// 10 s), so the rebalancer, which counts ESTABLISHED entries, stops
+// counting it at once; IPVS keeps its own connection entry until the
+// backend's end closes or its timeout, so its per-real-server counts
+// (which wlc weighs) lag. SYN and RST segments pass (a new connection
+// reusing the tuple; an end's own reset). Only TCP, only conntrack zone 0.
+// TestKernelResetMarked shows both ends reset whichever sends first, with
+// payload or a bare keepalive probe, masqueraded or not, IPv4 and IPv6.
 //
 // # Sets
 //

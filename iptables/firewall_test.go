@@ -251,10 +251,12 @@ func TestSourceRangesSync(t *testing.T) {
 	}
 	step("ranges back", setRanges("192.0.2.0/24"), nil)
 
-	// The hooks are first in INPUT and OUTPUT, in front of foreign rules,
-	// and Cleanup takes everything of ours from filter and mangle.
-	if in, _ := k.tables.ListRules(TableFilter, builtinInput); len(in) != 2 || !isOurHook(in[0]) || in[1].Target() != "FOREIGN-INPUT" {
-		t.Errorf("filter INPUT: %v, want our hook, then the foreign jump", in)
+	// The hooks are first in INPUT and OUTPUT, in front of foreign rules
+	// (in INPUT after the reset of marked connections), and Cleanup takes
+	// everything of ours from filter and mangle.
+	if in, _ := k.tables.ListRules(TableFilter, builtinInput); len(in) != 3 || !isOurHook(in[0]) || in[0].Target() != chainResetMarked ||
+		!isOurHook(in[1]) || in[1].Target() != chainFirewall || in[2].Target() != "FOREIGN-INPUT" {
+		t.Errorf("filter INPUT: %v, want our reset and firewall hooks, then the foreign jump", in)
 	}
 	if err := k.proxier(t, testConfig()).Cleanup(t.Context()); err != nil {
 		t.Fatal(err)

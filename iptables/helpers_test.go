@@ -161,9 +161,10 @@ func partialSync(t testing.TB, p *Proxier, st *dataplane.State, changed ...datap
 
 // ownedDump renders what the kernel (real or fake) holds of ours, in
 // DesiredState.Dump's format and order, so it can be compared with
-// want.Dump(): the desired sets, the desired chains, the first rule of each
-// hooked chain. It fails the test if an owned set or chain exists that want
-// does not list, or if a hooked chain has another hook of ours.
+// want.Dump(): the desired sets, the desired chains, the first rules of
+// each hooked chain (as many as it has desired hooks). It fails the test if
+// an owned set or chain exists that want does not list, or if a hooked
+// chain has more or fewer hooks of ours than desired.
 func ownedDump(t testing.TB, sets IPSet, tables Tables, want DesiredState) string {
 	t.Helper()
 	var b strings.Builder
@@ -204,8 +205,11 @@ func ownedDump(t testing.TB, sets IPSet, tables Tables, want DesiredState) strin
 		}
 		writeChain(&b, dc.Table, dc.Name, rules)
 	}
-	for _, h := range want.Hooks {
-		rules, err := tables.ListRules(h.Table, h.Chain)
+	// Each hooked chain has exactly its desired number of hooks of ours;
+	// the i-th hook of a chain is rendered from the chain's i-th rule.
+	pos := map[[2]string]int{}
+	for _, g := range groupHooks(want.Hooks) {
+		rules, err := tables.ListRules(g.table, g.chain)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -215,14 +219,23 @@ func ownedDump(t testing.TB, sets IPSet, tables Tables, want DesiredState) strin
 				ours++
 			}
 		}
-		if ours != 1 {
-			t.Errorf("%s %s has %d hooks of ours, want 1: %v", h.Table, h.Chain, ours, rules)
+		if ours != len(g.rules) {
+			t.Errorf("%s %s has %d hooks of ours, want %d: %v", g.table, g.chain, ours, len(g.rules), rules)
 		}
-		first := "(empty)"
-		if len(rules) > 0 {
-			first = rules[0].Line(h.Chain)
+	}
+	for _, h := range want.Hooks {
+		rules, err := tables.ListRules(h.Table, h.Chain)
+		if err != nil {
+			t.Fatal(err)
 		}
-		b.WriteString("hook " + h.Table + " " + h.Chain + "\n  " + first + "\n")
+		k := [2]string{h.Table, h.Chain}
+		i := pos[k]
+		pos[k]++
+		rule := "(none)"
+		if i < len(rules) {
+			rule = rules[i].Line(h.Chain)
+		}
+		b.WriteString("hook " + h.Table + " " + h.Chain + "\n  " + rule + "\n")
 	}
 	return b.String()
 }

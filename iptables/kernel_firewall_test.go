@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -182,10 +183,13 @@ func testKernelSourceRanges(t *testing.T, binary string) {
 		deleteHook := func(table, chain string) {
 			t.Helper()
 			rules, err := topo.tables.ListRules(table, chain)
-			if err != nil || len(rules) == 0 || rules[0].Target() != chainFirewall {
-				t.Fatalf("%s %s: %v %v, want our firewall hook first", table, chain, rules, err)
+			// Our firewall hook, after nothing but our other hooks (in
+			// filter INPUT, the reset of marked connections).
+			i := slices.IndexFunc(rules, func(r Rule) bool { return r.Target() == chainFirewall })
+			if err != nil || i < 0 || !isOurHook(rules[i]) || slices.ContainsFunc(rules[:i], func(r Rule) bool { return !isOurHook(r) }) {
+				t.Fatalf("%s %s: %v %v, want our firewall hook first after our other hooks", table, chain, rules, err)
 			}
-			if err := topo.tables.DeleteAt(table, chain, 1); err != nil {
+			if err := topo.tables.DeleteAt(table, chain, i+1); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -75,6 +75,10 @@ const (
 	// externalTrafficPolicy Local Services without a local endpoint; pods
 	// and the node pass (kube-proxy's "short circuit").
 	chainNoLocalEndpoint = "SWITCHYARD-NO-LOCAL-ENDPOINT"
+	// chainResetMarked (filter only, hooked first from INPUT, FORWARD and
+	// OUTPUT) resets TCP connections whose conntrack entry carries
+	// Config.ResetMarkBit (see doc.go, "Resetting marked connections").
+	chainResetMarked = "SWITCHYARD-RESET-MARKED"
 )
 
 // Sets owned by this package, by their IPv4 names (see setName for IPv6).

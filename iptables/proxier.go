@@ -78,6 +78,11 @@ func (p *Proxier) Name() string {
 // Family returns the IP family the Proxier programs.
 func (p *Proxier) Family() Family { return p.cfg.Family }
 
+// ResetMark is the conntrack mark bit its rules reset connections for
+// (Config.ResetMark): what the rebalancer must set with
+// conntrack.Netlink.MarkFlows(flows, m, m); 0 when the rules are off.
+func (p *Proxier) ResetMark() uint32 { return p.cfg.ResetMark() }
+
 // Sync makes the kernel match Desired(st): sets first (so every rule can
 // reference them), then chains leaves first, then the hooks, then removal
 // of what is no longer wanted. Every step reads what the kernel has and

@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"bytes"
 	"encoding/hex"
 	"errors"
 	"net/netip"
@@ -163,5 +164,28 @@ func TestParseMalformed(t *testing.T) {
 	}
 	if _, err := parseEvents([]syscall.NetlinkMessage{{Header: syscall.NlMsghdr{Type: 0x100}, Data: full[:20]}}); !errors.Is(err, errMalformed) {
 		t.Errorf("parseEvents on a truncated event: %v, want errMalformed", err)
+	}
+}
+
+// TestGetRequestEncoding: the hand-encoded GET request is byte for byte
+// what the nl package builds from origTupleAttr (the tuple MarkFlows
+// sends), for IPv4 and IPv6.
+func TestGetRequestEncoding(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	for _, fl := range []Flow{
+		{Protocol: dataplane.TCP, Orig: Tuple{ap("10.0.0.2:42828"), ap("10.96.0.10:80")}},
+		{Protocol: dataplane.SCTP, Orig: Tuple{ap("[fd00::2]:40000"), ap("[fd00:96::10]:443")}},
+	} {
+		fam, orig := origTupleAttr(fl)
+		req := nl.NewNetlinkRequest(unix.NFNL_SUBSYS_CTNETLINK<<8|nl.IPCTNL_MSG_CT_GET, 0)
+		req.Seq = 77
+		req.AddData(&nl.Nfgenmsg{NfgenFamily: fam, Version: nl.NFNETLINK_V0})
+		req.AddData(orig)
+		want := req.Serialize()
+		prefix := []byte{0xde, 0xad}
+		got := appendGetRequest(append([]byte(nil), prefix...), 77, fl)
+		if !bytes.Equal(got[:2], prefix) || !bytes.Equal(got[2:], want) {
+			t.Errorf("%s:\n got %x\nwant %x", fl, got[2:], want)
+		}
 	}
 }

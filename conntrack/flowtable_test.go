@@ -536,3 +536,37 @@ func TestFlowTableRunEndsWithContext(t *testing.T) {
 		t.Errorf("second Run = %v, want an immediate nil", err)
 	}
 }
+
+// TestFlowTableSweepsByDump: with more silent entries than the sweep
+// reads by GET (forced here to none), the sweep re-reads them with a dump:
+// a deleted older entry leaves, the others stay.
+func TestFlowTableSweepsByDump(t *testing.T) {
+	env := newFTEnv(t, "ftsweep")
+	var want []Flow
+	for _, fe := range ftFrontends {
+		_, w := env.connect(t, fe)
+		want = append(want, w)
+	}
+	ft, err := NewFlowTable(env.node.NsHandle(), fromClient, WithSweepInterval(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft.sweepGets = 0
+	runTable(t, ft)
+	if st := ft.Stats(); st.Flows != 3 || st.Silent != 3 {
+		t.Fatalf("initial table: %+v, want 3 silent flows", st)
+	}
+	if n, err := env.ct.ClearFlows([]Filter{{Protocol: dataplane.TCP, OrigDst: ftFrontends[1].Addr()}}); n != 1 || err != nil {
+		t.Fatalf("ClearFlows = %d, %v", n, err)
+	}
+	eventually(t, 3*time.Second, "the deleted entry swept away, the others kept", func() (bool, string) {
+		flows := ft.Flows()
+		_, ok0 := lookup(flows, want[0])
+		_, ok1 := lookup(flows, want[1])
+		_, ok2 := lookup(flows, want[2])
+		return ok0 && !ok1 && ok2 && len(flows) == 2, flowLines(flows)
+	})
+	if st := ft.Stats(); st.Silent != 2 || st.Sweeps == 0 || st.Events != 0 {
+		t.Errorf("after the sweep: %+v, want 2 silent, sweeps > 0, no events", st)
+	}
+}

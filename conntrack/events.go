@@ -105,9 +105,10 @@ func SubscribeEvents(ns netns.NsHandle, rcvbuf int) (*Events, error) {
 	return &Events{s: s}, nil
 }
 
-// errReceiveTimeout is what Receive returns when SetTimeout's time passed
-// without an event.
-var errReceiveTimeout = errors.New("conntrack: no event before the receive timeout")
+// ErrReceiveTimeout is what Receive returns when SetTimeout's time passed
+// without an event. (Close from another goroutine may also end a
+// blocked Receive with it.)
+var ErrReceiveTimeout = errors.New("conntrack: no event before the receive timeout")
 
 // SetTimeout bounds each later Receive call; 0 means wait forever.
 func (e *Events) SetTimeout(d time.Duration) {
@@ -128,7 +129,7 @@ func (e *Events) Receive() ([]Event, error) {
 	case errors.Is(err, unix.ENOBUFS):
 		return nil, fmt.Errorf("conntrack: receive events: %w", ErrEventsLost)
 	case errors.Is(err, unix.EAGAIN):
-		return nil, errReceiveTimeout
+		return nil, ErrReceiveTimeout
 	case err != nil:
 		return nil, fmt.Errorf("conntrack: receive events: %w", err)
 	}

@@ -213,7 +213,7 @@ func (t *FlowTable) Run(ctx context.Context) error {
 		switch {
 		case err == nil:
 			t.apply(evs)
-		case errors.Is(err, errReceiveTimeout):
+		case errors.Is(err, ErrReceiveTimeout):
 		default:
 			if _, ok := t.events(); !ok {
 				return ctx.Err()

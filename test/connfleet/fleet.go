@@ -256,7 +256,9 @@ func (f *Fleet) check(cn *conn, reply []byte) (int, error) {
 // Establish opens n more connections spread exactly evenly over the
 // backends over (a connection landing on a backend ahead of the others
 // is closed and dialed again, at most 20 dials a connection) and starts a
-// client on each.
+// client on each. A dial or first exchange that fails is tried again,
+// at most MaxAttempts times in a row, and tallied in Snapshot.Errs as
+// "establish: ...".
 func (f *Fleet) Establish(n int, over []string) error {
 	idxs := make([]int, len(over))
 	for i, id := range over {
@@ -268,19 +270,27 @@ func (f *Fleet) Establish(n int, over []string) error {
 	f.mu.Lock()
 	start := len(f.clients)
 	f.mu.Unlock()
-	for made, dials := 0, 0; made < n; dials++ {
+	for made, dials, failures := 0, 0, 0; made < n; dials++ {
 		if dials == 20*n {
 			return fmt.Errorf("connfleet %s: %d connections after %d dials (%v), want %d spread evenly over %v", f.cfg.Name, made, dials, counts, n, over)
 		}
 		cn := &conn{}
-		if err := f.dial(cn); err != nil {
-			return fmt.Errorf("connfleet %s: %w", f.cfg.Name, err)
+		idx := -1
+		err := f.dial(cn)
+		if err == nil {
+			if idx, err = f.exchange(cn, start+made, -1); err != nil {
+				cn.close()
+				err = fmt.Errorf("first exchange: %w", err)
+			}
 		}
-		idx, err := f.exchange(cn, start+made, -1)
 		if err != nil {
-			cn.close()
-			return fmt.Errorf("connfleet %s: first exchange: %w", f.cfg.Name, err)
+			if failures++; failures == f.cfg.MaxAttempts || errors.Is(err, errBad) {
+				return fmt.Errorf("connfleet %s: %d connections established, then %d attempts in a row failed, last: %w", f.cfg.Name, made, failures, err)
+			}
+			f.noteErr("establish: " + ErrKind(err))
+			continue
 		}
+		failures = 0
 		least := math.MaxInt
 		for _, i := range idxs {
 			least = min(least, counts[i])

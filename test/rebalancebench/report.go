@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -147,8 +149,9 @@ func WritePlot(path string, phases []*Phase) error {
 		rows[i] = []*plot.Plot{p}
 		xmin, xmax = min(xmin, p.X.Min), max(xmax, p.X.Max)
 	}
-	for _, r := range rows { // one time axis for all panels
+	for _, r := range rows { // one time axis for all panels, a tick every 5 s
 		r[0].X.Min, r[0].X.Max = xmin, xmax
+		r[0].X.Tick.Marker = secondTicks{}
 	}
 	img := vgimg.New(vg.Points(720), vg.Points(300*float64(len(phases))))
 	dc := draw.New(img)
@@ -237,4 +240,19 @@ func hline(p *plot.Plot, x0, x1, y float64, label string) error {
 	p.Add(l)
 	p.Legend.Add(strings.TrimSpace(label), l)
 	return nil
+}
+
+// secondTicks marks every second, labelled every 5.
+type secondTicks struct{}
+
+func (secondTicks) Ticks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
+	for s := math.Ceil(lo); s <= hi && len(ts) < 1000; s++ {
+		t := plot.Tick{Value: s}
+		if int(s)%5 == 0 {
+			t.Label = strconv.Itoa(int(s))
+		}
+		ts = append(ts, t)
+	}
+	return ts
 }

@@ -66,6 +66,11 @@ type group struct {
 	// leastConn steers new connections to the less loaded of two random
 	// backends (Services that opt into rebalancing).
 	leastConn bool
+	// maxConns is switchyard.io/max-connections-per-backend (TCP; 0:
+	// none): connect skips backends with that many established
+	// connections from this node and fails with ECONNREFUSED when all
+	// have them.
+	maxConns uint32
 }
 
 // desiredState is what the maps should hold for a State.
@@ -167,6 +172,9 @@ func (d *desiredState) addFamily(st *dataplane.State, sp *dataplane.ServicePort,
 			return
 		}
 		g := &group{frontends: frontends, affinityTimeout: affinity, leastConn: sp.Rebalance != nil}
+		if proto == dataplane.IPProtoTCP && sp.MaxConnectionsPerBackend > 0 {
+			g.maxConns = uint32(sp.MaxConnectionsPerBackend)
+		}
 		weighted := make([]dataplane.WeightedEndpoint, len(eps))
 		for i, e := range eps {
 			// Weight 1 for every endpoint, as nftables and IPVS give.

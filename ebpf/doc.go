@@ -22,7 +22,7 @@
 // host byte order):
 //
 //	frontends     {addr, port, proto, kind} -> service id   (NodePort: unspecified addr)
-//	services      id -> {count, gen, affinity timeout, flags}
+//	services      id -> {count, gen, affinity timeout, flags, max conns}
 //	slots         {id, gen, 1..count} -> backend id      (a backend repeats by weight)
 //	backends      backend id -> {addr, port, proto}       (ids are per service)
 //	local_addrs   node addresses where NodePorts translate
@@ -40,6 +40,31 @@
 // connections to a backend, connections a backend on this node accepts)
 // get theirs when established. Without counting (NoConnectionCounting,
 // no sockops program) TCP uses revnat like UDP.
+//
+// # Connection limits
+//
+// switchyard.io/max-connections-per-backend N (TCP ports) is the service
+// entry's max_conns. A connect whose first choice of backend (the random
+// slot, the less loaded of two, or the client's affinity backend) already
+// has N established connections from this node (conn_counts, direction
+// "out") walks the slots after it, at most 64, for a backend below N;
+// when there is none, or the affinity backend is full, connect fails at
+// once with ECONNREFUSED (bpf_set_retval; a bare refusal would be EPERM).
+// TestVMMaxConnectionsSocketLB shows it on the Debian 6.1 kernel, the
+// host tests on 6.18; a kernel whose verifier does not offer the helper
+// to connect programs rejects the whole socket LB (Probe fails). It is
+// refused rather than left untranslated because
+// the packet dataplane behind does not see these sockets in its own
+// counts and would let the connection through.
+//
+// The count is the node's, per backend: every established connection of
+// an attached socket to the backend address counts, whichever Service (or
+// none) it came through, and a connection counts from establishment, so
+// connects racing in parallel can overshoot N by the number in flight.
+// The packet dataplane limits what it translates (traffic from other
+// nodes, pods outside the cgroup) separately. Without connection counting
+// (NoConnectionCounting) a limited Service is not translated at all, and
+// the packet dataplane enforces the limit. UDP is not limited.
 //
 // Writes are ordered so that a program never follows a dangling reference
 // into a half-written service: backends first, then the slots of a new

@@ -39,6 +39,14 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define DIR_OUT 0 // this node's socket connected to the backend
 #define DIR_IN 1  // a backend on this node accepted the connection
 
+// PICK_FULL: pick_backend found every backend at the service's max_conns.
+#define PICK_FULL 0xffffffffU
+// MAX_LIMIT_SCAN bounds the slots pick_backend looks at for a backend
+// below the connection limit (the verifier needs a bound; a service with
+// more slots is refused when the ones looked at are full).
+#define MAX_LIMIT_SCAN 64
+#define ECONNREFUSED 111
+
 #define SERVICE_AFFINITY 1   // service.flags: ClientIP session affinity
 #define SERVICE_LEAST_CONN 2 // service.flags: steer to the less loaded of two random picks
 
@@ -64,6 +72,10 @@ struct service {
 	__u32 gen;
 	__u32 affinity_timeout; // seconds; 0 without affinity
 	__u32 flags;
+	// max_conns is switchyard.io/max-connections-per-backend (TCP; 0:
+	// none): a backend with this many established connections from this
+	// node (conn_counts, DIR_OUT) takes no new one.
+	__u32 max_conns;
 };
 
 struct slot_key {
@@ -259,9 +271,19 @@ static __always_inline __u64 load(const struct l4addr *addr)
 	return n ? *n : 0;
 }
 
+// full reports whether a backend holds the service's connection limit.
+static __always_inline int full(const struct service *svc, const struct backend *be)
+{
+	return svc->max_conns && load(&be->addr) >= svc->max_conns;
+}
+
 // pick_backend chooses a backend of svc_id for the client namespace
 // netns: the affinity entry while it is fresh and its backend still
 // exists, else a random slot (slots repeat a backend by its weight).
+// With a connection limit, a full first choice makes it walk the slots
+// after it (at most MAX_LIMIT_SCAN) for one with room; it returns
+// PICK_FULL when there is none, and for a client whose affinity backend
+// is full (moving it would break the affinity).
 static __always_inline __u32 pick_backend(void *ctx, __u32 svc_id, struct service *svc,
 					  struct backend **out)
 {
@@ -278,6 +300,8 @@ static __always_inline __u32 pick_backend(void *ctx, __u32 svc_id, struct servic
 		if (av && now - av->last_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
 			be = bpf_map_lookup_elem(&backends, &av->backend_id);
 			if (be) {
+				if (full(svc, be))
+					return PICK_FULL;
 				av->last_ns = now;
 				*out = be;
 				return av->backend_id;
@@ -311,6 +335,27 @@ static __always_inline __u32 pick_backend(void *ctx, __u32 svc_id, struct servic
 				be = be2;
 			}
 		}
+	}
+	if (full(svc, be)) {
+		__u32 start = skey.slot - 1, found = 0;
+		for (__u32 i = 1; i < MAX_LIMIT_SCAN; i++) {
+			if (i >= svc->count)
+				break;
+			skey.slot = (__u16)((start + i) % svc->count) + 1;
+			__u32 *next = bpf_map_lookup_elem(&slots, &skey);
+			if (!next)
+				continue;
+			__u32 nid = *next;
+			struct backend *nbe = bpf_map_lookup_elem(&backends, &nid);
+			if (nbe && !full(svc, nbe)) {
+				id = nid;
+				be = nbe;
+				found = 1;
+				break;
+			}
+		}
+		if (!found)
+			return PICK_FULL;
 	}
 	if (svc->flags & SERVICE_AFFINITY) {
 		struct affinity_value av = {.last_ns = now, .backend_id = id};
@@ -353,7 +398,8 @@ static __always_inline __u32 lookup_service(struct l4addr *dst, struct service *
 // translate rewrites dst (a frontend) to a backend and records the reverse
 // translation for this socket. For UDP sendmsg (pin_flow) the socket keeps
 // its backend per frontend, as a conntrack entry would for its 5-tuple.
-// It returns 0 when dst stays as it is.
+// It returns 0 when dst stays as it is, and -1 when the connect must be
+// refused: every backend is at the service's connection limit.
 static __always_inline int translate(struct bpf_sock_addr *ctx, struct l4addr *dst, int want_v4, int pin_flow)
 {
 	struct service svc;
@@ -363,6 +409,14 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct l4addr *d
 
 	svc_id = lookup_service(dst, &svc);
 	if (!svc_id)
+		return 0;
+	// The limit counts established TCP connections (sockops): UDP is
+	// not limited, and without sockops nothing is counted here, so a
+	// limited service is left to the packet dataplane, which counts its
+	// own connections and enforces the limit on them.
+	if (dst->proto != PROTO_TCP)
+		svc.max_conns = 0;
+	else if (svc.max_conns && !count_connections)
 		return 0;
 
 	if (pin_flow) {
@@ -379,6 +433,8 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct l4addr *d
 	}
 	if (!be_id)
 		be_id = pick_backend(ctx, svc_id, &svc, &be);
+	if (be_id == PICK_FULL)
+		return -1;
 	if (!be_id || !be)
 		return 0;
 	if (want_v4 && !is_v4(be->addr.addr))
@@ -414,6 +470,18 @@ static __always_inline int translate(struct bpf_sock_addr *ctx, struct l4addr *d
 	return 1;
 }
 
+// refuse fails a connect at once with ECONNREFUSED (bpf_set_retval; a
+// bare "return 0" would give EPERM), what a client over the limit also
+// gets from the packet dataplanes (a TCP reset, an ICMP port
+// unreachable). Leaving the connect untranslated instead would not limit
+// it: the packet dataplane's counts do not hold the sockets translated
+// here (they never pass its NAT), so it would let the connection through.
+static __always_inline int refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
 static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int pin_flow)
 {
 	struct l4addr dst = {};
@@ -424,7 +492,10 @@ static __always_inline int sock4_forward(struct bpf_sock_addr *ctx, int pin_flow
 	set_v4(dst.addr, ctx->user_ip4);
 	dst.port = bpf_ntohs((__u16)ctx->user_port);
 	dst.proto = proto;
-	if (translate(ctx, &dst, 1, pin_flow)) {
+	int r = translate(ctx, &dst, 1, pin_flow);
+	if (r < 0)
+		return refuse();
+	if (r) {
 		__u32 ip4;
 		__builtin_memcpy(&ip4, dst.addr + 12, 4);
 		ctx->user_ip4 = ip4;
@@ -445,7 +516,10 @@ static __always_inline int sock6_forward(struct bpf_sock_addr *ctx, int pin_flow
 	dst.proto = proto;
 	// An IPv6 socket reaches an IPv4 frontend through its IPv4-mapped
 	// address; the backend is then IPv4-mapped too.
-	if (translate(ctx, &dst, 0, pin_flow)) {
+	int r = translate(ctx, &dst, 0, pin_flow);
+	if (r < 0)
+		return refuse();
+	if (r) {
 		__u32 w[4];
 		__builtin_memcpy(w, dst.addr, 16);
 		ctx->user_ip6[0] = w[0];

@@ -52,6 +52,7 @@ type socklbService struct {
 	Gen             uint32
 	AffinityTimeout uint32
 	Flags           uint32
+	MaxConns        uint32
 }
 
 type socklbSlotKey struct {

@@ -347,7 +347,7 @@ func (s *SocketLB) apply(w *writer, want *desiredState) error {
 func (w *writer) service(id uint32, slots, cur []uint32, grp *group) error {
 	o, k := w.o, w.k
 	old, exists := k.services[id]
-	want := socklbService{Count: uint32(len(slots)), Gen: old.Gen, AffinityTimeout: grp.affinityTimeout}
+	want := socklbService{Count: uint32(len(slots)), Gen: old.Gen, AffinityTimeout: grp.affinityTimeout, MaxConns: grp.maxConns}
 	if grp.affinityTimeout > 0 {
 		want.Flags |= flagAffinity
 	}

@@ -1,6 +1,7 @@
 package ipvsvm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/dataplane"
+	"github.com/switchyard/switchyard/ebpf"
 	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/test/netnstest"
 	"github.com/switchyard/switchyard/test/vm/guest"
@@ -37,8 +39,8 @@ func holdIPVSConn(t *testing.T, ns *netnstest.NS, addr string) (*net.TCPConn, st
 }
 
 // refusedByIPVS checks that a new connection fails with ECONNREFUSED (the
-// ICMP port unreachable IPVS sends when it has no destination), not with
-// a timeout and not by connecting.
+// ICMP port unreachable IPVS sends when it has no destination, or the
+// socket LB's refusal), not with a timeout and not by connecting.
 func refusedByIPVS(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
 	c, id, err := holdIPVSConn(t, ns, addr)
@@ -155,4 +157,48 @@ func TestVMMaxConnectionsIPVS(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestVMMaxConnectionsSocketLB: the socket LB's limit on the VM's kernel
+// (bpf_set_retval in a cgroup connect program). With the socket LB over
+// IPVS, the client's sockets in the cgroup connect straight to the
+// backend, so IPVS counts none of them and would accept a third; the
+// program refuses it with ECONNREFUSED.
+func TestVMMaxConnectionsSocketLB(t *testing.T) {
+	guest.Required(t)
+	topo := newTopology(t, 1)
+	topo.startEcho(t, "tcp", 8080)
+	n := newRealNode(t, ipvs.Config{})
+	st := dataplane.NewState()
+	name := addService(st, "limited", dataplane.TCP, 80, 0, "", topo.Backends[0])
+	st.Services[name].MaxConnectionsPerBackend = 2
+	n.sync(st, fullSync)
+
+	cg := netnstest.NewCgroup(t, "sy-lb")
+	lb, err := ebpf.New(ebpf.Config{CgroupPath: cg.Path, NodeAddresses: func() ([]netip.Addr, error) { return nil, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lb.Cleanup(context.Background()); err != nil {
+			t.Errorf("socket LB cleanup: %v", err)
+		}
+	})
+	if err := lb.Sync(context.Background(), st, fullSync); err != nil {
+		t.Fatal(err)
+	}
+	cg.Enter(t)
+	addr := net.JoinHostPort(clusterIP.String(), "80")
+	for i := range 2 {
+		if _, id, err := holdIPVSConn(t, topo.Client, addr); err != nil || id != "be0" {
+			t.Fatalf("connection %d: %s %v, want be0", i, id, err)
+		}
+	}
+	refusedByIPVS(t, topo.Client, addr)
+	k := ipvs.Key{IP: clusterIP, Protocol: dataplane.TCP, Port: 80}
+	for _, rs := range n.realServers(k) {
+		if rs.ActiveConns+rs.InactiveConns != 0 {
+			t.Errorf("IPVS saw %d connections, want none: the refusal must be the socket LB's", rs.ActiveConns+rs.InactiveConns)
+		}
+	}
 }

@@ -175,12 +175,9 @@ func (d *desiredState) addFamily(st *dataplane.State, sp *dataplane.ServicePort,
 		if proto == dataplane.IPProtoTCP && sp.MaxConnectionsPerBackend > 0 {
 			g.maxConns = uint32(sp.MaxConnectionsPerBackend)
 		}
-		weighted := make([]dataplane.WeightedEndpoint, len(eps))
-		for i, e := range eps {
-			// Weight 1 for every endpoint, as nftables and IPVS give.
-			weighted[i] = dataplane.WeightedEndpoint{Endpoint: e, Weight: 1}
-		}
-		g.slots = slotsFor(weighted)
+		// Weight 1 for every endpoint, as nftables and IPVS give, unless
+		// the rebalancer steers the port's new connections.
+		g.slots = slotsFor(dataplane.WeightEndpoints(st.Weights[sp.Name], eps))
 		d.groups[groupKey{name: sp.Name, v6: v6, external: external}] = g
 	}
 	if endpointsEqual(internalEps, sets.Cluster) {

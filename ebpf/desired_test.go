@@ -3,6 +3,7 @@ package ebpf
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,5 +131,31 @@ func TestSlotsForWeights(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("slotsFor(%v) = %v, want %v", tc.in, got, tc.want)
 		}
+	}
+}
+
+// The rebalancer's steering weights become slots: the port's new
+// connections go where the weights say.
+func TestDesiredSlotsFollowSteering(t *testing.T) {
+	name := dataplane.ServicePortName{ServiceName: dataplane.ServiceName{Namespace: "ns", Name: "web"}, Protocol: dataplane.TCP}
+	st := dataplane.NewState()
+	st.Services[name] = &dataplane.ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1")},
+		Rebalance: &dataplane.RebalanceSpec{Tolerance: 0.1}}
+	for _, a := range []string{"10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"} {
+		st.Endpoints[name] = append(st.Endpoints[name], dataplane.Endpoint{Addr: netip.MustParseAddrPort(a), Ready: true, Serving: true})
+	}
+	slotsOf := func() string {
+		var out []string
+		for _, s := range desired(st, nil).groups[groupKey{name: name}].slots {
+			out = append(out, s.String())
+		}
+		return strings.Join(out, " ")
+	}
+	if got := slotsOf(); got != "10.1.0.1:8080 10.1.0.2:8080 10.1.0.3:8080" {
+		t.Errorf("unsteered slots %s", got)
+	}
+	st.Weights[name] = map[netip.AddrPort]int{netip.MustParseAddrPort("10.1.0.2:8080"): 46, netip.MustParseAddrPort("10.1.0.3:8080"): 23}
+	if got := slotsOf(); got != "10.1.0.2:8080 10.1.0.2:8080 10.1.0.3:8080" {
+		t.Errorf("steered slots %s, want 10.1.0.2 twice and 10.1.0.3 once", got)
 	}
 }

@@ -185,7 +185,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 			defer stop()
 			observer = eventObserver{Observer: observer, recorder: recorder, node: cfg.hostnameOverride}
 		}
-		runner, release, err := newRebalancer(cfg, dp, observer)
+		runner, release, err := newRebalancer(ctx, cfg, dp, observer)
 		switch {
 		case err != nil:
 			klog.ErrorS(err, "No connection rebalancer; Services keep working")

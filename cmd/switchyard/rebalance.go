@@ -32,7 +32,7 @@ import (
 // NATs (conntrack-marked, reset by nftables' or iptables' reset rules,
 // which run before IPVS sees the packet). nil when there is
 // no mechanism. The returned func releases what it opened.
-func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Observer) (*rebalance.Runner, func(), error) {
+func newRebalancer(ctx context.Context, cfg *config, dp dataplane.Dataplane, observer rebalance.Observer) (*rebalance.Runner, func(), error) {
 	var mechs []rebalance.Mechanism
 	var closers []func()
 	release := func() {
@@ -59,6 +59,19 @@ func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Obser
 			return nil, nil, fmt.Errorf("conntrack: %w", err)
 		}
 		closers = append(closers, ct.Close)
+		// The TCP flows, followed by conntrack events: the full table
+		// is read at start and after lost events only.
+		table, err := conntrack.NewFlowTable(netns.None(), func(f conntrack.Flow) bool { return f.Protocol == dataplane.TCP })
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("conntrack events: %w", err)
+		}
+		closers = append(closers, table.Close)
+		go func() {
+			if err := table.Run(ctx); err != nil && ctx.Err() == nil {
+				klog.ErrorS(err, "Rebalancer: following conntrack events stopped")
+			}
+		}()
 		// Idle times come from what is left of each entry's timer; the
 		// timeouts are read once (a failure only loses the preference
 		// for idle connections).
@@ -66,7 +79,7 @@ func newRebalancer(cfg *config, dp dataplane.Dataplane, observer rebalance.Obser
 		if err != nil {
 			klog.InfoS("Rebalancer cannot tell idle connections apart", "err", err)
 		}
-		mechs = append(mechs, &flowMechanism{ct: ct, mark: 1 << nftables.DefaultResetMarkBit, timeouts: timeouts, firstSeen: map[string]time.Time{}})
+		mechs = append(mechs, &flowMechanism{flows: table, marker: ct, mark: 1 << nftables.DefaultResetMarkBit, timeouts: timeouts, firstSeen: map[string]time.Time{}})
 	}
 	if len(mechs) == 0 {
 		return nil, release, nil
@@ -161,12 +174,18 @@ func (m *socketMechanism) Shed(ctx context.Context, conns []rebalance.Conn) (int
 	return res.Closed, err
 }
 
-// flowMechanism sees the TCP flows this node DNATs to Services (conntrack)
-// and sheds them by setting the reset bit of their conntrack mark: the
-// nftables dataplane turns the next packet of either end into a TCP reset.
+// flowMechanism sees the TCP flows this node NATs to Services (conntrack,
+// followed by events) and sheds them by setting the reset bit of their
+// conntrack mark: the dataplane (nftables, or iptables in front of IPVS)
+// turns the next packet of either end into a TCP reset.
 type flowMechanism struct {
-	ct interface {
-		ListFlows() ([]conntrack.Flow, error)
+	flows interface {
+		Flows() []conntrack.Flow
+		// GetFlows rereads the given flows (fresh timers, for idle
+		// times); gone ones are left out.
+		GetFlows(flows []conntrack.Flow) ([]conntrack.Flow, error)
+	}
+	marker interface {
 		MarkFlows(flows []conntrack.Flow, mark, mask uint32) (int, error)
 	}
 	mark     uint32
@@ -174,29 +193,51 @@ type flowMechanism struct {
 	// firstSeen ages flows when the kernel keeps no start time
 	// (nf_conntrack_timestamp off): from the first round that saw them.
 	firstSeen map[string]time.Time
-	flows     map[string]conntrack.Flow
+	shown     map[string]conntrack.Flow
 }
+
+// maxIdleRefresh bounds the flows a round rereads for their idle times;
+// beyond it the round plans without them (young first).
+const maxIdleRefresh = 20000
 
 func (m *flowMechanism) Name() string { return "conntrack" }
 
 func (m *flowMechanism) Collect(_ context.Context, st *dataplane.State, now time.Time) (map[dataplane.ServicePortName][]rebalance.Conn, error) {
-	flows, err := m.ct.ListFlows()
-	if err != nil {
-		return nil, err
-	}
 	idx := agentapi.NewFlowIndex(st)
+	type opted struct {
+		name dataplane.ServicePortName
+		flow conntrack.Flow
+	}
+	var mine []opted
+	for _, f := range m.flows.Flows() {
+		if f.TCPState != "ESTABLISHED" {
+			continue
+		}
+		if name, ok := idx.Lookup(agentapi.Flow{Flow: f}); ok && st.Services[name] != nil {
+			mine = append(mine, opted{name, f})
+		}
+	}
+	// The table's timers are as of each flow's last event: reread the
+	// opted-in Services' flows (only those) for their idle times.
+	idle := map[string]time.Duration{}
+	if m.timeouts.Established > 0 && len(mine) <= maxIdleRefresh {
+		flows := make([]conntrack.Flow, len(mine))
+		for i, o := range mine {
+			flows[i] = o.flow
+		}
+		fresh, err := m.flows.GetFlows(flows)
+		if err != nil {
+			klog.V(2).InfoS("Rebalancer: rereading flows for their idle times failed; planning without them", "err", err)
+		}
+		for _, f := range fresh {
+			idle[flowID(f)] = f.Idle(m.timeouts)
+		}
+	}
 	out := map[dataplane.ServicePortName][]rebalance.Conn{}
 	seen := map[string]time.Time{}
-	m.flows = map[string]conntrack.Flow{}
-	for _, f := range flows {
-		if f.Protocol != dataplane.TCP || f.TCPState != "ESTABLISHED" {
-			continue
-		}
-		name, ok := idx.Lookup(agentapi.Flow{Flow: f})
-		if !ok || st.Services[name] == nil {
-			continue
-		}
-		id := f.Orig.Src.String() + ">" + f.Orig.Dst.String()
+	m.shown = map[string]conntrack.Flow{}
+	for _, o := range mine {
+		f, id := o.flow, flowID(o.flow)
 		first, ok := m.firstSeen[id]
 		if !ok {
 			first = now
@@ -206,22 +247,25 @@ func (m *flowMechanism) Collect(_ context.Context, st *dataplane.State, now time
 		if !f.Start.IsZero() {
 			age = now.Sub(f.Start)
 		}
-		m.flows[id] = f
+		m.shown[id] = f
 		// A marked flow is waiting for its next packet to be reset.
-		out[name] = append(out[name], rebalance.Conn{ID: id, Backend: f.Reply.Src, Age: age, Idle: f.Idle(m.timeouts), Closing: f.Mark&m.mark != 0})
+		out[o.name] = append(out[o.name], rebalance.Conn{ID: id, Backend: f.Reply.Src, Age: age, Idle: idle[id], Closing: f.Mark&m.mark != 0})
 	}
 	m.firstSeen = seen
 	return out, nil
 }
 
+// flowID names a flow by its original direction.
+func flowID(f conntrack.Flow) string { return f.Orig.Src.String() + ">" + f.Orig.Dst.String() }
+
 func (m *flowMechanism) Shed(_ context.Context, conns []rebalance.Conn) (int, error) {
 	var flows []conntrack.Flow
 	for _, c := range conns {
-		if f, ok := m.flows[c.ID]; ok {
+		if f, ok := m.shown[c.ID]; ok {
 			flows = append(flows, f)
 		}
 	}
-	return m.ct.MarkFlows(flows, m.mark, m.mark)
+	return m.marker.MarkFlows(flows, m.mark, m.mark)
 }
 
 // eventObserver adds a Kubernetes Event on the Service to each round that

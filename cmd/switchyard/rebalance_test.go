@@ -30,7 +30,9 @@ func TestFlowMechanismAttributesAndMarks(t *testing.T) {
 		flow("10.0.0.1:40004", "10.96.0.99:80", "10.244.0.1:8080", "ESTABLISHED", 0),      // no Service
 		flow("10.0.0.1:40005", "10.244.0.1:8080", "10.244.0.1:8080", "ESTABLISHED", 0),    // not DNATed
 	)
-	m := &flowMechanism{ct: ct, mark: 0x8000, firstSeen: map[string]time.Time{}}
+	table := &fakeFlowTable{ct: ct, timeout: map[string]time.Duration{"10.0.0.1:40000>10.96.0.10:80": 590 * time.Second}}
+	m := &flowMechanism{flows: table, marker: ct, mark: 0x8000, firstSeen: map[string]time.Time{},
+		timeouts: conntrack.TCPTimeouts{Established: 600 * time.Second, Unacknowledged: 300 * time.Second}}
 	t0 := time.Unix(1000, 0)
 	got, err := m.Collect(context.Background(), st, t0)
 	if err != nil {
@@ -47,6 +49,15 @@ func TestFlowMechanismAttributesAndMarks(t *testing.T) {
 	}
 	if closing != 1 {
 		t.Errorf("%d flows reported closing, want the marked one", closing)
+	}
+	// Idle times come from rereading the opted-in flows (only those).
+	for _, c := range got[web] {
+		if want := map[string]time.Duration{"10.0.0.1:40000>10.96.0.10:80": 10 * time.Second}[c.ID]; c.Idle != want {
+			t.Errorf("%s idle %v, want %v", c.ID, c.Idle, want)
+		}
+	}
+	if table.reread != 3 {
+		t.Errorf("%d flows reread, want web's 3 established", table.reread)
 	}
 	// Ages count from the first round that saw a flow.
 	got, _ = m.Collect(context.Background(), st, t0.Add(7*time.Second))
@@ -73,6 +84,29 @@ func TestFlowMechanismAttributesAndMarks(t *testing.T) {
 	if marked != 2 {
 		t.Errorf("%d flows carry the reset mark, want 2 (the one shed and the one already marked)", marked)
 	}
+}
+
+// fakeFlowTable serves a conntrack.Fake as the event-fed table, with
+// fresh timers (by flow ID) on rereads.
+type fakeFlowTable struct {
+	ct      *conntrack.Fake
+	timeout map[string]time.Duration
+	reread  int
+}
+
+func (f *fakeFlowTable) Flows() []conntrack.Flow {
+	flows, _ := f.ct.ListFlows()
+	return flows
+}
+
+func (f *fakeFlowTable) GetFlows(flows []conntrack.Flow) ([]conntrack.Flow, error) {
+	f.reread += len(flows)
+	out := make([]conntrack.Flow, len(flows))
+	for i, fl := range flows {
+		fl.Timeout = f.timeout[flowID(fl)]
+		out[i] = fl
+	}
+	return out, nil
 }
 
 type nopObserver struct{ rounds int }

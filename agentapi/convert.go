@@ -40,6 +40,8 @@ func IPVSTableFrom(in *ipvs.Inspection, source string) *IPVSTable {
 				Missing:             rs.Missing,
 				ActiveConnections:   rs.ActiveConns,
 				InactiveConnections: rs.InactiveConns,
+				UpperThreshold:      int(rs.UpperThreshold),
+				LowerThreshold:      int(rs.LowerThreshold),
 				Stats:               ipvsStats(rs.Stats),
 			}
 			if rs.Wanted {

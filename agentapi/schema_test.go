@@ -34,7 +34,7 @@ func TestSchemaStability(t *testing.T) {
 			Address: "10.96.0.10:80", Protocol: "TCP", FirewallMark: 7, Scheduler: "rr", PersistenceSeconds: 10800,
 			Owned: true, Missing: true, Service: "default/web:http/tcp", Drift: []string{"scheduler wrr, want rr"}, Stats: stats,
 			RealServers: []IPVSRealServer{{Address: "10.244.1.2:8080", Forward: "masq", Weight: 1, DesiredWeight: &weight,
-				Missing: true, DrainingSince: &when, ActiveConnections: 3, InactiveConnections: 1, Stats: stats}},
+				Missing: true, DrainingSince: &when, ActiveConnections: 3, InactiveConnections: 1, UpperThreshold: 100, LowerThreshold: 100, Stats: stats}},
 		}}},
 		"NFTables": NFTables{Source: "agent", DriftChecked: true, Counters: true, Tables: []NFTTable{{
 			Family: "ip", Name: "switchyard", Exists: true, Drift: []string{"set hairpin-endpoints missing"},

@@ -188,7 +188,11 @@ type IPVSRealServer struct {
 	DrainingSince       *time.Time `json:"drainingSince"`
 	ActiveConnections   int        `json:"activeConnections"`
 	InactiveConnections int        `json:"inactiveConnections"`
-	Stats               *IPVSStats `json:"stats"`
+	// UpperThreshold and LowerThreshold are the connection limits
+	// (switchyard.io/max-connections-per-backend); 0 is none.
+	UpperThreshold int        `json:"upperThreshold"`
+	LowerThreshold int        `json:"lowerThreshold"`
+	Stats          *IPVSStats `json:"stats"`
 }
 
 // IPVSStats are counters since the object was created (ipvsadm --stats).

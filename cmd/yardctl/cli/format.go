@@ -221,6 +221,9 @@ func FormatIPVS(w io.Writer, t *agentapi.IPVSTable, note string) {
 			case t.DriftChecked && vs.Owned && !vs.Missing && rs.DesiredWeight == nil:
 				notes = append(notes, "not wanted")
 			}
+			if rs.UpperThreshold > 0 {
+				notes = append(notes, fmt.Sprintf("limit %d conns (thresholds %d/%d)", rs.UpperThreshold, rs.UpperThreshold, rs.LowerThreshold))
+			}
 			r = append(r, strings.Join(notes, ", "))
 			if t.DriftChecked {
 				r = append(r, "")

@@ -1,15 +1,18 @@
 package nftnetns
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/agentapi"
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/test/agentspec"
 	"github.com/switchyard/switchyard/test/connfleet"
@@ -340,6 +343,12 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 	if resets <= 0 || resets < float64(minimum) {
 		t.Errorf("switchyard_rebalance_resets_total{mechanism=%q} = %v, want at least the minimum %d", mode.mechanism, resets, minimum)
 	}
+	// Steering sends the reconnects to the backends the plan fills, so
+	// later rounds shed (almost) nothing more: the first round's plan is
+	// the minimum.
+	if resets > 1.25*float64(minimum) {
+		t.Errorf("switchyard_rebalance_resets_total{mechanism=%q} = %v, more than 1.25x the minimum %d: reconnects were not steered", mode.mechanism, resets, minimum)
+	}
 	// Every connection a client lost is one the rebalancer closed (it
 	// counts a close before the client can see it).
 	text = mustMetrics(t, env)
@@ -352,6 +361,29 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 	for _, m := range []string{"conntrack", "socketlb"} {
 		if v, _ := rebalanceMetric(text, "errors_total", `mechanism="`+m+`",`, webPort); v != 0 {
 			t.Errorf("switchyard_rebalance_errors_total{mechanism=%q} = %v, want 0", m, v)
+		}
+	}
+	// yardctl conntrack's view (the agent API) has the last round: the
+	// Service balanced, the resets counted, every backend measured.
+	report, err := agentapi.NewClient(filepath.Join(a.StateDir, "api.sock")).Conntrack(context.Background(), agentspec.Namespace, web.Name)
+	if err != nil {
+		t.Fatalf("agent API conntrack: %v", err)
+	}
+	var view *agentapi.ConntrackRebalance
+	for _, s := range report.Services {
+		if s.Service == webPort {
+			view = s.Rebalance
+		}
+	}
+	if view == nil {
+		t.Errorf("agent API conntrack: no rebalance view of %s in %+v", webPort, report.Services)
+	} else {
+		measured := 0
+		for _, b := range view.Backends {
+			measured += b.Connections
+		}
+		if view.Outcome != "balanced" || float64(view.Resets) != resets || len(view.Backends) != 4 || measured != rebalanceClients || view.Ratio > 1+rebalanceTolerance+1e-9 {
+			t.Errorf("agent API rebalance view %+v, want balanced, %v resets, 4 backends measuring %d connections", *view, resets, rebalanceClients)
 		}
 	}
 	// The bystander was never touched, nor measured.

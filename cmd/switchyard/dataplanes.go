@@ -293,9 +293,13 @@ func newSNAT(cfg *config, fam iptables.Family) (*iptables.Proxier, error) {
 			cidrs = append(cidrs, p)
 		}
 	}
+	// The rebalancer's conntrack mark (see newRebalancer): the reset rules
+	// turn it into TCP resets before IPVS sees the packet.
+	resetBit := iptables.DefaultResetMarkBit
 	p, err := iptables.NewProxier(iptables.Config{
 		Family:                fam,
 		MasqueradeBit:         &cfg.masqueradeBit,
+		ResetMarkBit:          &resetBit,
 		MasqueradeAll:         cfg.masqueradeAll,
 		ClusterCIDRs:          cidrs,
 		ConntrackDropInvalid:  cfg.conntrackDropInvalid,

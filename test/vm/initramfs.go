@@ -38,6 +38,9 @@ var DefaultModules = []string{
 	"xt_MASQUERADE", "xt_conntrack", "xt_mark", "xt_comment", "xt_addrtype", "xt_multiport",
 	"xt_tcpudp", "xt_nat", "xt_statistic", "xt_REDIRECT", "xt_state", "xt_physdev",
 	"ipt_REJECT", "ip6t_REJECT", "xt_NFLOG", "xt_LOG",
+	// xt_connmark: the IPVS dataplane's reset of connections the
+	// rebalancer marked ("-m connmark").
+	"xt_connmark",
 	// nf_tables (the nft dataplane and iptables-nft).
 	"nf_tables", "nft_*",
 }

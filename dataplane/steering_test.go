@@ -120,3 +120,33 @@ func TestSyncerWaitSynced(t *testing.T) {
 		t.Fatal("WaitSynced did not return after a sync")
 	}
 }
+
+func TestSyncerProgrammed(t *testing.T) {
+	tr := NewTracker("node-a", TranslateOptions{}, nil)
+	dp := &recordingDataplane{}
+	s := NewSyncer(tr, dp, 0, 0)
+	ctx := context.Background()
+	if s.Programmed() {
+		t.Fatal("programmed before any sync")
+	}
+	tr.SetServicesSynced()
+	tr.SetEndpointSlicesSynced()
+	tr.OnServiceUpsert(svc("demo", "web"))
+	if err := s.syncOnce(ctx, false); err != nil || !s.Programmed() {
+		t.Fatalf("after a good sync: programmed %v, err %v", s.Programmed(), err)
+	}
+	// A failed sync of a change: not programmed until one succeeds.
+	dp.fail = fmt.Errorf("kernel said no")
+	tr.OnServiceUpsert(svc("demo", "api"))
+	if err := s.syncOnce(ctx, false); err == nil || s.Programmed() {
+		t.Fatalf("after a failed sync: programmed %v, err %v", s.Programmed(), err)
+	}
+	dp.fail = nil
+	if err := s.syncOnce(ctx, false); err != nil || !s.Programmed() {
+		t.Fatalf("after the retry: programmed %v, err %v", s.Programmed(), err)
+	}
+	// A periodic sync without changes keeps it programmed.
+	if err := s.syncOnce(ctx, true); err != nil || !s.Programmed() {
+		t.Fatalf("after a periodic sync: programmed %v, err %v", s.Programmed(), err)
+	}
+}

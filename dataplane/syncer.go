@@ -65,6 +65,9 @@ type Syncer struct {
 	// WaitSynced.
 	drainedAt time.Time
 	synced    chan struct{}
+	// unprogrammed: the State changed (or a sync failed) since the last
+	// successful sync, so the kernel may not have what View shows.
+	unprogrammed bool
 }
 
 // NewSyncer wires a Tracker to a Dataplane. minSyncPeriod bounds how often
@@ -106,6 +109,17 @@ func (s *Syncer) Notify() {
 // Run syncs until ctx is done.
 func (s *Syncer) Run(ctx context.Context) { s.runner.Loop(ctx) }
 
+// Programmed reports whether the kernel has the State View shows: the
+// last sync succeeded and nothing changed since it drained the Tracker.
+// While a sync of changes runs (or after one failed) it is false, so
+// readers that act on the dataplane's behalf (the rebalancer) wait
+// instead of acting on endpoints the kernel does not have yet.
+func (s *Syncer) Programmed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.drainedAt.IsZero() && !s.unprogrammed
+}
+
 // WaitSynced returns once a sync that drained the Tracker at or after
 // since succeeded: what was recorded in the Tracker before since is in
 // the kernel (the rebalancer steers before it sheds). It returns ctx's
@@ -146,6 +160,11 @@ func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
 	st, changes := s.tracker.Drain()
 	s.state = st
 	s.view.Unlock()
+	if len(changes.Services) > 0 {
+		s.mu.Lock()
+		s.unprogrammed = true
+		s.mu.Unlock()
+	}
 	changes.Full = s.needFull || periodic || s.fullRequested.Swap(false)
 	start := time.Now()
 	err := s.dp.Sync(ctx, st, changes)
@@ -161,6 +180,7 @@ func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
 		// to catch up with them.
 		s.needFull = true
 		s.lastErr = err
+		s.unprogrammed = true
 		klog.ErrorS(err, "Sync failed; will retry", "dataplane", s.dp.Name(), "full", changes.Full, "elapsed", elapsed)
 		return err
 	}
@@ -169,6 +189,7 @@ func (s *Syncer) syncOnce(ctx context.Context, periodic bool) error {
 	s.lastSuccess = time.Now()
 	s.syncs++
 	s.drainedAt = drainedAt
+	s.unprogrammed = false
 	close(s.synced)
 	s.synced = make(chan struct{})
 	klog.V(2).InfoS("Synced", "dataplane", s.dp.Name(), "full", changes.Full, "changedServices", len(changes.Services), "servicePorts", len(st.Services), "elapsed", elapsed)

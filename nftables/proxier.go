@@ -73,6 +73,10 @@ func NewProxier(cfg Config, conn Conn, sysctl Sysctl) (*Proxier, error) {
 
 // New returns a Proxier for the caller's network namespace (the node's,
 // for the agent), with its own netlink connection and /proc/sys.
+// ResetMark is the conntrack mark bit the dataplane's rules turn into a
+// reset (0 when they are off): the rebalancer's.
+func (p *Proxier) ResetMark() uint32 { return p.cfg.ResetMark() }
+
 func New(cfg Config) (*Proxier, error) {
 	conn, err := NewConn(0)
 	if err != nil {

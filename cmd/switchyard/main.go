@@ -192,7 +192,7 @@ func run(ctx context.Context, cfg *config, dp dataplane.Dataplane) error {
 		case runner != nil:
 			runner.SteerWith(&syncSteerer{tracker: tracker, syncer: syncer, timeout: cfg.minSyncPeriod + steerSyncMargin, set: map[dataplane.ServicePortName]bool{}})
 			go func() {
-				runner.Run(ctx, cfg.rebalanceInterval, syncer.View)
+				runner.Run(ctx, cfg.rebalanceInterval, syncer.View, syncer.Programmed)
 				release()
 			}()
 		default:

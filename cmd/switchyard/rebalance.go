@@ -50,9 +50,15 @@ func newRebalancer(ctx context.Context, cfg *config, dp dataplane.Dataplane, obs
 		closers = append(closers, func() { index.Close() })
 		mechs = append(mechs, &socketMechanism{lb: lb, closer: closer})
 	}
-	_, hasNFT := findPart[*nftables.Proxier](dp)
-	_, hasIPT := findPart[*iptables.Proxier](dp) // IPVS's masquerade and reset rules
-	if hasNFT || hasIPT {
+	// The mark bit the dataplane resets: nftables', or iptables' in front
+	// of IPVS; 0 when its reset rules are off.
+	var mark uint32
+	if p, ok := findPart[*nftables.Proxier](dp); ok {
+		mark = p.ResetMark()
+	} else if p, ok := findPart[*iptables.Proxier](dp); ok {
+		mark = p.ResetMark()
+	}
+	if mark != 0 {
 		ct, err := conntrack.NewNetlink(netns.None())
 		if err != nil {
 			release()
@@ -79,7 +85,7 @@ func newRebalancer(ctx context.Context, cfg *config, dp dataplane.Dataplane, obs
 		if err != nil {
 			klog.InfoS("Rebalancer cannot tell idle connections apart", "err", err)
 		}
-		mechs = append(mechs, &flowMechanism{flows: table, marker: ct, mark: 1 << nftables.DefaultResetMarkBit, timeouts: timeouts, firstSeen: map[string]time.Time{}})
+		mechs = append(mechs, &flowMechanism{flows: table, marker: ct, mark: mark, timeouts: timeouts, firstSeen: map[string]time.Time{}})
 	}
 	if len(mechs) == 0 {
 		return nil, release, nil

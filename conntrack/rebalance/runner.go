@@ -196,7 +196,10 @@ func (r *Runner) shed(ctx context.Context, name dataplane.ServicePortName, conns
 }
 
 // Run calls Once every interval with the State view gives, until ctx ends.
-func (r *Runner) Run(ctx context.Context, interval time.Duration, view func(func(*dataplane.State))) {
+// Rounds are skipped while programmed (nil: always) says the kernel does
+// not have that State yet: a scale-up's new backends count (and the
+// settle time starts) only once the dataplane sends connections there.
+func (r *Runner) Run(ctx context.Context, interval time.Duration, view func(func(*dataplane.State)), programmed func() bool) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -204,6 +207,10 @@ func (r *Runner) Run(ctx context.Context, interval time.Duration, view func(func
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			if programmed != nil && !programmed() {
+				klog.V(3).InfoS("Rebalancer: the dataplane is not synced yet; skipping this round")
+				continue
+			}
 			var st *dataplane.State
 			view(func(full *dataplane.State) { st = optedIn(full) })
 			r.Once(ctx, st, now)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,5 +167,56 @@ func TestRunnerSteersBeforeShedding(t *testing.T) {
 	r.Once(context.Background(), st, t0.Add(2*time.Second))
 	if last := s.calls[len(s.calls)-1]; len(last) != 0 {
 		t.Errorf("after opting out: weights %v, want none", last)
+	}
+}
+
+// countingMech counts Collect calls (rounds that ran).
+type countingMech struct {
+	fakeMech
+	mu     sync.Mutex
+	rounds int
+}
+
+func (m *countingMech) Collect(ctx context.Context, st *dataplane.State, now time.Time) (map[dataplane.ServicePortName][]Conn, error) {
+	m.mu.Lock()
+	m.rounds++
+	m.mu.Unlock()
+	return m.fakeMech.Collect(ctx, st, now)
+}
+
+func TestRunnerWaitsForTheDataplane(t *testing.T) {
+	st, names := svcState("opted")
+	st.Services[names[0]].Rebalance = &dataplane.RebalanceSpec{Tolerance: 0.1, MaxResetsPerS: 10}
+	m := &countingMech{fakeMech: fakeMech{name: "conntrack"}}
+	r := NewRunner(Timing{}, nil, m)
+	var programmed atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		r.Run(ctx, time.Millisecond, func(f func(*dataplane.State)) { f(st) }, programmed.Load)
+		close(done)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	m.mu.Lock()
+	skipped := m.rounds
+	m.mu.Unlock()
+	programmed.Store(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m.mu.Lock()
+		n := m.rounds
+		m.mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if skipped != 0 {
+		t.Errorf("%d rounds ran while the dataplane was not programmed", skipped)
+	}
+	if m.rounds == 0 {
+		t.Error("no round ran once the dataplane was programmed")
 	}
 }

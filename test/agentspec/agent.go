@@ -61,13 +61,54 @@ var syncedRE = regexp.MustCompile(`\] "Synced" dataplane=`)
 // Syncs counts the completed syncs of a run.
 func (r *Run) Syncs() int { return len(syncedRE.FindAllStringIndex(r.log.String(), -1)) }
 
-// Agent drives the switchyard binary in standalone mode on the node.
+// Source is where the agent reads its Services, EndpointSlices and Pods:
+// by default a manifests directory (standalone mode); with a real API
+// server, an implementation that applies the same YAML documents through
+// it (Env.Source), so every scenario runs against either.
+type Source interface {
+	// Args are the agent flags that point it at the source
+	// ("--manifests DIR", "--kubeconfig FILE").
+	Args() []string
+	// Write replaces the objects written under name with the YAML
+	// documents in content.
+	Write(t *testing.T, name, content string)
+	// Remove deletes the objects written under name.
+	Remove(t *testing.T, name string)
+}
+
+// manifestsDir is the default Source: files in a --manifests directory.
+type manifestsDir string
+
+func (d manifestsDir) Args() []string { return []string{"--manifests", string(d)} }
+
+// Write atomically replaces a manifest file (temporary dot file + rename,
+// as editors and ConfigMap volumes do).
+func (d manifestsDir) Write(t *testing.T, name, content string) {
+	t.Helper()
+	tmp := filepath.Join(string(d), "."+name+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(string(d), name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (d manifestsDir) Remove(t *testing.T, name string) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(string(d), name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Agent drives the switchyard binary on the node.
 type Agent struct {
 	t   *testing.T
 	env *Env
-	// Manifests is the --manifests directory; StateDir is --state-dir.
-	Manifests string
-	StateDir  string
+	// Source holds the objects the agent reads (Env.Source, or a
+	// manifests directory); StateDir is --state-dir.
+	Source   Source
+	StateDir string
 	// PinPath is --bpf-pin-path: by default a private directory on no
 	// bpf file system, so --cleanup never touches the pins of a real
 	// agent on the machine (BPF pins and cgroups are not per network
@@ -87,7 +128,12 @@ type Agent struct {
 // cleanup runs before the topology's.
 func (e *Env) NewAgent(t *testing.T) *Agent {
 	t.Helper()
-	a := &Agent{t: t, env: e, Manifests: t.TempDir(), StateDir: t.TempDir(), PinPath: filepath.Join(t.TempDir(), "bpf")}
+	a := &Agent{t: t, env: e, StateDir: t.TempDir(), PinPath: filepath.Join(t.TempDir(), "bpf")}
+	if e.Source != nil {
+		a.Source = e.Source(t)
+	} else {
+		a.Source = manifestsDir(t.TempDir())
+	}
 	// Registered first so it runs last, after the checks below, even if
 	// one of them stops its cleanup function with t.Fatal.
 	t.Cleanup(func() {
@@ -150,8 +196,7 @@ func (a *Agent) Start() *Run {
 	if r := a.Current(); r != nil && !r.Exited() {
 		a.t.Fatalf("agent run %d still running", r.N)
 	}
-	args := append(a.args(),
-		"--manifests", a.Manifests,
+	args := append(append(a.args(), a.Source.Args()...),
 		"--cluster-cidr", ClusterCIDR,
 		"--min-sync-period", "100ms",
 		"--sync-period", "2s",
@@ -237,17 +282,11 @@ func (a *Agent) RunCleanup() (string, error) {
 	return out.String(), err
 }
 
-// Write atomically replaces a manifest file (temporary dot file + rename,
-// as editors and ConfigMap volumes do).
+// Write replaces the objects written under name (a manifest file, by
+// default) with the YAML documents in content.
 func (a *Agent) Write(name, content string) {
 	a.t.Helper()
-	tmp := filepath.Join(a.Manifests, "."+name+".tmp")
-	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
-		a.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(a.Manifests, name)); err != nil {
-		a.t.Fatal(err)
-	}
+	a.Source.Write(a.t, name, content)
 }
 
 // WriteService writes s to <name>.yaml.
@@ -258,12 +297,10 @@ func (a *Agent) WriteService(svcs ...Service) {
 	}
 }
 
-// Remove deletes a manifest file.
+// Remove deletes the objects written under name.
 func (a *Agent) Remove(name string) {
 	a.t.Helper()
-	if err := os.Remove(filepath.Join(a.Manifests, name)); err != nil {
-		a.t.Fatal(err)
-	}
+	a.Source.Remove(a.t, name)
 }
 
 // Eventually polls cond every 100ms until it reports true, failing the test

@@ -120,6 +120,9 @@ type Env struct {
 	// (--node-ip); a scenario sets them before NewAgent. Without, the
 	// agent in standalone mode knows none.
 	NodeIPs []netip.Addr
+	// Source, when set, gives each Agent where its objects live (a real
+	// API server); nil means a manifests directory (standalone mode).
+	Source func(t *testing.T) Source
 }
 
 // Require skips the test unless the dataplane has f.

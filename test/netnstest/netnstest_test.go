@@ -1,8 +1,11 @@
 package netnstest
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -59,5 +62,53 @@ func TestEchoAcrossVeth(t *testing.T) {
 		if _, err := os.Stat("/run/netns/" + n); !os.IsNotExist(err) {
 			t.Errorf("namespace %s left behind (stat: %v)", n, err)
 		}
+	}
+}
+
+func TestForwardJoinsANamespaceToALoopbackService(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	ns := New(t, "fwd")
+	// A server on this process's loopback; the namespace has its own.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64)
+				n, _ := c.Read(buf)
+				_, _ = c.Write(append([]byte("echo:"), buf[:n]...))
+			}()
+		}
+	}()
+	if err := ns.Do(func() error { return exec.Command("ip", "link", "set", "lo", "up").Run() }); err != nil {
+		t.Fatal(err)
+	}
+	addr := Forward(t, ns, "127.0.0.1:6443", ln.Addr().String())
+	for i := range 3 {
+		c, err := Dial(ns, "tcp", addr, 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := fmt.Sprintf("hello %d", i)
+		reply, err := Exchange(c, msg, 3*time.Second)
+		c.Close()
+		if err != nil || reply != "echo:"+msg {
+			t.Fatalf("through the forwarder: %q, %v", reply, err)
+		}
+	}
+	// Outside the namespace nothing listens there.
+	if c, err := net.DialTimeout("tcp", "127.0.0.1:6443", time.Second); err == nil {
+		c.Close()
+		t.Error("the forwarder listens in this process's namespace too")
 	}
 }

@@ -1,15 +1,10 @@
 package iptables
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -17,130 +12,6 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/test/netnstest"
 )
-
-// resetServer is a TCP server in a namespace that answers each line with
-// "ID REMOTE" (as netnstest's echo server) and keeps its connections, so a
-// test can push data on one and see how it ended.
-type resetServer struct {
-	id string
-	ln net.Listener
-
-	mu    sync.Mutex
-	conns map[string]*resetServerConn // by the peer's address
-	wg    sync.WaitGroup
-}
-
-type resetServerConn struct {
-	c    net.Conn
-	done chan struct{} // closed when reading ended
-	err  error         // the read error; set before done is closed
-}
-
-func startResetServer(t *testing.T, ns *netnstest.NS, addr, id string) *resetServer {
-	t.Helper()
-	s := &resetServer{id: id, conns: map[string]*resetServerConn{}}
-	if err := ns.Do(func() error {
-		var err error
-		// No keepalive probes: they would reset a server end the rules
-		// had not reset, given time.
-		s.ln, err = (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, ns.Name(), err)
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		for {
-			c, err := s.ln.Accept()
-			if err != nil {
-				return
-			}
-			sc := &resetServerConn{c: c, done: make(chan struct{})}
-			s.mu.Lock()
-			s.conns[c.RemoteAddr().String()] = sc
-			s.mu.Unlock()
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				defer close(sc.done)
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					if _, sc.err = r.ReadString('\n'); sc.err != nil {
-						return
-					}
-					if _, sc.err = c.Write([]byte(s.id + " " + c.RemoteAddr().String() + "\n")); sc.err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		s.ln.Close()
-		s.mu.Lock()
-		for _, sc := range s.conns {
-			sc.c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-	})
-	return s
-}
-
-func (s *resetServer) conn(peer netip.AddrPort) *resetServerConn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conns[peer.String()]
-}
-
-// waitReset waits (until deadline) for the server's end to end and
-// checks it ended with a reset.
-func (sc *resetServerConn) waitReset(deadline time.Time) error {
-	select {
-	case <-sc.done:
-	case <-time.After(time.Until(deadline)):
-		return errors.New("server end still open")
-	}
-	if !errors.Is(sc.err, syscall.ECONNRESET) {
-		return fmt.Errorf("server end ended with %v, want a reset", sc.err)
-	}
-	return nil
-}
-
-// readReset reads from c until deadline and checks it gets a reset.
-func readReset(c net.Conn, deadline time.Time) error {
-	if err := c.SetReadDeadline(deadline); err != nil {
-		return err
-	}
-	buf := make([]byte, 256)
-	for {
-		n, err := c.Read(buf)
-		switch {
-		case errors.Is(err, syscall.ECONNRESET):
-			return nil
-		case err != nil:
-			return fmt.Errorf("read ended with %v, want a reset", err)
-		case n > 0:
-			return fmt.Errorf("read %q, want a reset", buf[:n])
-		}
-	}
-}
-
-// The next packet of a marked connection, in TestKernelResetMarked.
-type resetCase int
-
-const (
-	resetUnmarked    resetCase = iota
-	resetClientSends           // the client sends a request
-	resetServerSends           // the server pushes data
-	resetKeepalive             // the client sends only keepalive probes (no payload)
-)
-
-func (c resetCase) String() string {
-	return [...]string{"unmarked", "client sends", "server sends", "client keepalive"}[c]
-}
 
 // TestKernelResetMarked: connections forwarded through a node namespace
 // programmed by the Proxier (a DNATed cluster IP from a client outside the
@@ -183,7 +54,7 @@ func testKernelResetMarked(t *testing.T, binary string) {
 	if err := topo.sysctl.Set("net/ipv6/conf/all/forwarding", "1"); err != nil {
 		t.Fatal(err)
 	}
-	srv := startResetServer(t, topo.backend, ":9090", "be") // both families
+	srv := netnstest.StartConnServer(t, topo.backend, ":9090", "be") // both families
 
 	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, ConntrackDropInvalid: true}
 	p, err := NewProxier(cfg, topo.sets, topo.tables, nil)
@@ -237,57 +108,35 @@ func testKernelResetMarked(t *testing.T, binary string) {
 	}
 
 	type held struct {
-		name     string
-		next     resetCase
-		c        net.Conn
-		flow     conntrack.Flow
-		srv      *resetServerConn
-		wantPeer netip.Addr // the client address the backend sees
+		*netnstest.Held
+		flow conntrack.Flow
 	}
 	var conns []*held
 	for _, path := range []struct {
 		what     string
 		from     *netnstest.NS
 		addr     string
-		wantPeer netip.Addr
+		wantPeer netip.Addr // the client address the backend sees
 	}{
 		{"client via the cluster IP (masqueraded)", topo.client, vip.String(), netip.MustParseAddr(nodeToBackend)},
 		{"pod via the cluster IP", topo.pod, vip.String(), netip.MustParseAddr(podAddr)},
 		{"IPv6 client, forwarded", topo.client, netip.AddrPortFrom(netip.MustParseAddr(backend6), 9090).String(), netip.MustParseAddr(client6)},
 	} {
-		for _, next := range []resetCase{resetClientSends, resetServerSends, resetKeepalive, resetUnmarked} {
-			c, err := netnstest.Dial(path.from, "tcp", path.addr, 3*time.Second)
+		for _, next := range []netnstest.NextPacket{netnstest.ClientSends, netnstest.ServerSends, netnstest.ClientKeepsAlive, netnstest.Unmarked} {
+			h, err := netnstest.HoldConn(t, path.from, path.addr, path.what, next, 3*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Close()
-			h := &held{name: path.what + " " + c.LocalAddr().String() + " (" + next.String() + ")", next: next, c: c, wantPeer: path.wantPeer}
-			ka := net.KeepAliveConfig{Enable: false}
-			if next == resetKeepalive {
-				ka = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 5}
+			if h.ID != "be" {
+				t.Fatalf("%s: answered by %q, want the backend's", h.Name, h.ID)
 			}
-			if err := c.(*net.TCPConn).SetKeepAliveConfig(ka); err != nil {
-				t.Fatal(err)
+			if h.Seen.Addr() != path.wantPeer {
+				t.Fatalf("%s: the backend saw %s, want %s", h.Name, h.Seen, path.wantPeer)
 			}
-			reply, err := netnstest.Exchange(c, "hello", 3*time.Second)
-			if err != nil {
-				t.Fatalf("%s: %v", h.name, err)
+			if h.Srv = srv.Conn(h.Seen); h.Srv == nil {
+				t.Fatalf("%s: the server has no connection from %s", h.Name, h.Seen)
 			}
-			id, remote, err := netnstest.ReplyID(reply)
-			if err != nil || id != "be" {
-				t.Fatalf("%s: reply %q (%v), want the backend's", h.name, reply, err)
-			}
-			peer, err := netip.ParseAddrPort(remote)
-			if err != nil || peer.Addr() != h.wantPeer {
-				t.Fatalf("%s: the backend saw %s, want %s", h.name, remote, h.wantPeer)
-			}
-			if err := c.SetDeadline(time.Time{}); err != nil { // Exchange's
-				t.Fatal(err)
-			}
-			if h.srv = srv.conn(peer); h.srv == nil {
-				t.Fatalf("%s: the server has no connection from %s", h.name, peer)
-			}
-			conns = append(conns, h)
+			conns = append(conns, &held{Held: h})
 		}
 	}
 	flows, err := ct.ListFlows()
@@ -296,16 +145,16 @@ func testKernelResetMarked(t *testing.T, binary string) {
 	}
 	var toMark []conntrack.Flow
 	for _, h := range conns {
-		local := netip.MustParseAddrPort(h.c.LocalAddr().String())
+		local := netip.MustParseAddrPort(h.C.LocalAddr().String())
 		i := slices.IndexFunc(flows, func(f conntrack.Flow) bool { return f.Protocol == dataplane.TCP && f.Orig.Src == local })
 		if i < 0 {
-			t.Fatalf("%s: no conntrack entry", h.name)
+			t.Fatalf("%s: no conntrack entry", h.Name)
 		}
 		h.flow = flows[i]
 		if h.flow.TCPState != "ESTABLISHED" || h.flow.Mark != 0 {
-			t.Fatalf("%s: entry %s in %s with mark %#x", h.name, h.flow, h.flow.TCPState, h.flow.Mark)
+			t.Fatalf("%s: entry %s in %s with mark %#x", h.Name, h.flow, h.flow.TCPState, h.flow.Mark)
 		}
-		if h.next != resetUnmarked {
+		if h.Next != netnstest.Unmarked {
 			toMark = append(toMark, h.flow)
 		}
 	}
@@ -317,47 +166,11 @@ func testKernelResetMarked(t *testing.T, binary string) {
 	// then the other end when it sends. One deadline bounds the waiting.
 	deadline := time.Now().Add(15 * time.Second)
 	for _, h := range conns {
-		var first, second error
-		switch h.next {
-		case resetUnmarked:
+		if h.Next == netnstest.Unmarked {
 			continue
-		case resetClientSends:
-			if _, err := h.c.Write([]byte("next\n")); err != nil {
-				t.Errorf("%s: write: %v", h.name, err)
-				continue
-			}
-			first = readReset(h.c, deadline)
-			if _, err := h.srv.c.Write([]byte("pushed\n")); err != nil {
-				t.Errorf("%s: server write: %v", h.name, err)
-			}
-			second = h.srv.waitReset(deadline)
-		case resetServerSends:
-			if _, err := h.srv.c.Write([]byte("pushed\n")); err != nil {
-				t.Errorf("%s: server write: %v", h.name, err)
-			}
-			first = h.srv.waitReset(deadline)
-			if _, err := h.c.Write([]byte("next\n")); err != nil {
-				// The reset may already be there: fine, it was a reset.
-				if !errors.Is(err, syscall.ECONNRESET) {
-					t.Errorf("%s: write: %v", h.name, err)
-				}
-			} else {
-				second = readReset(h.c, deadline)
-			}
-		case resetKeepalive:
-			// No payload: the client's probe (after 1 s idle) is the
-			// next packet.
-			first = readReset(h.c, deadline)
-			if _, err := h.srv.c.Write([]byte("pushed\n")); err != nil {
-				t.Errorf("%s: server write: %v", h.name, err)
-			}
-			second = h.srv.waitReset(deadline)
 		}
-		if first != nil {
-			t.Errorf("%s: the first end to send: %v", h.name, first)
-		}
-		if second != nil {
-			t.Errorf("%s: the other end, when it sent: %v", h.name, second)
+		if err := h.ExpectReset(deadline, netnstest.SenderThenOther); err != nil {
+			t.Errorf("%s: %v", h.Name, err)
 		}
 	}
 
@@ -370,22 +183,17 @@ func testKernelResetMarked(t *testing.T, binary string) {
 	}
 	for _, h := range conns {
 		i := slices.IndexFunc(flows, func(f conntrack.Flow) bool { return f.Protocol == dataplane.TCP && f.Orig == h.flow.Orig })
-		if h.next != resetUnmarked {
+		if h.Next != netnstest.Unmarked {
 			if i >= 0 && flows[i].TCPState == "ESTABLISHED" {
-				t.Errorf("%s: entry still ESTABLISHED after the reset: %s mark %#x", h.name, flows[i], flows[i].Mark)
+				t.Errorf("%s: entry still ESTABLISHED after the reset: %s mark %#x", h.Name, flows[i], flows[i].Mark)
 			}
 			continue
 		}
-		reply, err := netnstest.Exchange(h.c, "again", 3*time.Second)
-		if err != nil {
-			t.Errorf("%s: unmarked connection: %v", h.name, err)
-			continue
-		}
-		if id, remote, err := netnstest.ReplyID(reply); err != nil || id != "be" || netip.MustParseAddrPort(remote).Addr() != h.wantPeer {
-			t.Errorf("%s: unmarked connection answered %q, want be seeing %s", h.name, reply, h.wantPeer)
+		if err := h.ExpectAlive(1, 3*time.Second); err != nil {
+			t.Errorf("%s: unmarked connection: %v", h.Name, err)
 		}
 		if i < 0 || flows[i].TCPState != "ESTABLISHED" || flows[i].Mark != 0 {
-			t.Errorf("%s: unmarked connection's entry: %v", h.name, flows)
+			t.Errorf("%s: unmarked connection's entry: %v", h.Name, flows)
 		}
 	}
 	// New connections go through, masqueraded as before.

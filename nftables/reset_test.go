@@ -1,15 +1,9 @@
 package nftables
 
 import (
-	"bufio"
-	"context"
-	"errors"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -98,116 +92,6 @@ func TestResetMarkedChainPlacement(t *testing.T) {
 	}
 }
 
-// connServer is a TCP server in a namespace that answers each line with
-// "ID REMOTE" (as netnstest's echo server) and keeps its connections, so a
-// test sees how each one ended and can write on it.
-type connServer struct {
-	id string
-	ln net.Listener
-
-	mu    sync.Mutex
-	conns map[string]*serverConn // by remote address
-	wg    sync.WaitGroup
-}
-
-// serverConn is one accepted connection.
-type serverConn struct {
-	c    net.Conn
-	done chan struct{} // closed when reading ended
-	err  error         // the read error; set before done is closed
-}
-
-func startConnServer(t *testing.T, ns *netnstest.NS, addr, id string) *connServer {
-	t.Helper()
-	s := &connServer{id: id, conns: map[string]*serverConn{}}
-	if err := ns.Do(func() error {
-		var err error
-		// No keepalive probes: they would reset a server end the
-		// dataplane failed to reset, given time.
-		s.ln, err = (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, ns.Name(), err)
-	}
-	s.wg.Add(1)
-	go s.serve()
-	t.Cleanup(func() {
-		s.ln.Close()
-		s.mu.Lock()
-		for _, sc := range s.conns {
-			sc.c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-	})
-	return s
-}
-
-func (s *connServer) serve() {
-	defer s.wg.Done()
-	for {
-		c, err := s.ln.Accept()
-		if err != nil {
-			return
-		}
-		sc := &serverConn{c: c, done: make(chan struct{})}
-		s.mu.Lock()
-		s.conns[c.RemoteAddr().String()] = sc
-		s.mu.Unlock()
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			r := bufio.NewReader(c)
-			for {
-				if _, err := r.ReadString('\n'); err != nil {
-					sc.err = err
-					close(sc.done)
-					c.Close()
-					return
-				}
-				if _, err := c.Write([]byte(s.id + " " + c.RemoteAddr().String() + "\n")); err != nil {
-					sc.err = err
-					close(sc.done)
-					c.Close()
-					return
-				}
-			}
-		}()
-	}
-}
-
-// conn returns the connection whose peer (as the server sees it) is remote.
-func (s *connServer) conn(remote netip.AddrPort) *serverConn {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.conns[remote.String()]
-}
-
-// How the test makes a marked connection send its next packet.
-type nextPacket int
-
-const (
-	unmarked         nextPacket = iota
-	clientSends                 // the client sends a request: payload from the client
-	serverSends                 // the server pushes data: payload from the backend
-	clientKeepsAlive            // the client only sends keepalive probes: no payload
-)
-
-func (n nextPacket) String() string {
-	return [...]string{"unmarked", "client sends", "server sends", "client keepalive"}[n]
-}
-
-// heldConn is one long-lived client connection of the test.
-type heldConn struct {
-	name string
-	from *netnstest.NS
-	next nextPacket
-	c    net.Conn
-	id   string // the backend that answered
-	flow conntrack.Flow
-	srv  *serverConn
-}
-
 // TestKernelResetMarked holds TCP connections through a ClusterIP Service
 // (client outside the cluster CIDR, masqueraded, and a pod, not
 // masqueraded; IPv4 and IPv6), marks the conntrack entries of some with
@@ -221,14 +105,14 @@ func TestKernelResetMarked(t *testing.T) {
 	topo.addIPv6(t)
 	cfg := Config{ClusterCIDRs: clusterCIDRsDual, ConntrackDropInvalid: true}
 	p := topo.k.proxier(t, cfg)
-	servers := map[netip.AddrPort]*connServer{}
+	servers := map[netip.AddrPort]*netnstest.ConnServer{}
 	for _, s := range []struct {
 		ns   *netnstest.NS
 		addr string
 		id   string
 	}{{topo.be1, be1Addr, "be1"}, {topo.be2, be2Addr, "be2"}, {topo.be1, be16Addr, "be1-v6"}, {topo.be2, be26Addr, "be2-v6"}} {
 		ap := netip.AddrPortFrom(netip.MustParseAddr(s.addr), 9090)
-		servers[ap] = startConnServer(t, s.ns, ap.String(), s.id)
+		servers[ap] = netnstest.StartConnServer(t, s.ns, ap.String(), s.id)
 	}
 	const vip4, vip6 = "10.96.0.40", "fd00:10:96::40"
 	long := svc{ns: "default", name: "long", port: "grpc", proto: dataplane.TCP, svcPort: 80,
@@ -246,35 +130,19 @@ func TestKernelResetMarked(t *testing.T) {
 		t.Fatalf("ResetMark = %#x, want the default 0x8000", mark)
 	}
 
+	type heldConn struct {
+		*netnstest.Held
+		flow conntrack.Flow
+	}
 	var held []*heldConn
 	for _, vip := range []string{vip4, vip6} {
 		for _, from := range []*netnstest.NS{topo.client, topo.pod} {
-			for _, next := range []nextPacket{clientSends, serverSends, clientKeepsAlive, unmarked, unmarked} {
-				h := &heldConn{from: from, next: next}
-				c, err := netnstest.Dial(from, "tcp", hostPort(vip, 80), 3*time.Second)
+			for _, next := range []netnstest.NextPacket{netnstest.ClientSends, netnstest.ServerSends, netnstest.ClientKeepsAlive, netnstest.Unmarked, netnstest.Unmarked} {
+				h, err := netnstest.HoldConn(t, from, hostPort(vip, 80), from.Name(), next, 3*time.Second)
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
-				h.c = c
-				h.name = from.Name() + " " + c.LocalAddr().String() + " (" + next.String() + ")"
-				// Keepalive probes only where the test wants them (the
-				// dialer enables them after 15 s idle).
-				ka := net.KeepAliveConfig{Enable: false}
-				if next == clientKeepsAlive {
-					ka = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 5}
-				}
-				if err := c.(*net.TCPConn).SetKeepAliveConfig(ka); err != nil {
-					t.Fatal(err)
-				}
-				reply, err := netnstest.Exchange(c, "hello", 3*time.Second)
-				if err != nil {
-					t.Fatalf("%s: %v", h.name, err)
-				}
-				if h.id, _, err = netnstest.ReplyID(reply); err != nil {
-					t.Fatal(err)
-				}
-				held = append(held, h)
+				held = append(held, &heldConn{Held: h})
 			}
 		}
 	}
@@ -288,23 +156,23 @@ func TestKernelResetMarked(t *testing.T) {
 	}
 	var toMark []conntrack.Flow
 	for _, h := range held {
-		local := netip.MustParseAddrPort(h.c.LocalAddr().String())
+		local := netip.MustParseAddrPort(h.C.LocalAddr().String())
 		i := slices.IndexFunc(flows, func(f conntrack.Flow) bool { return f.Protocol == dataplane.TCP && f.Orig.Src == local })
 		if i < 0 {
-			t.Fatalf("%s: no conntrack entry", h.name)
+			t.Fatalf("%s: no conntrack entry", h.Name)
 		}
 		h.flow = flows[i]
 		srv := servers[h.flow.Reply.Src]
-		if srv == nil || srv.id != h.id {
-			t.Fatalf("%s: entry %s leads to %s, but %s answered", h.name, h.flow, h.flow.Reply.Src, h.id)
+		if srv == nil || srv.ID != h.ID {
+			t.Fatalf("%s: entry %s leads to %s, but %s answered", h.Name, h.flow, h.flow.Reply.Src, h.ID)
 		}
-		if h.srv = srv.conn(h.flow.Reply.Dst); h.srv == nil {
-			t.Fatalf("%s: %s has no connection from %s", h.name, h.id, h.flow.Reply.Dst)
+		if h.Srv = srv.Conn(h.flow.Reply.Dst); h.Srv == nil {
+			t.Fatalf("%s: %s has no connection from %s", h.Name, h.ID, h.flow.Reply.Dst)
 		}
 		if h.flow.TCPState != "ESTABLISHED" || h.flow.Mark != 0 {
-			t.Fatalf("%s: entry %s in %s with mark %#x", h.name, h.flow, h.flow.TCPState, h.flow.Mark)
+			t.Fatalf("%s: entry %s in %s with mark %#x", h.Name, h.flow, h.flow.TCPState, h.flow.Mark)
 		}
-		if h.next != unmarked {
+		if h.Next != netnstest.Unmarked {
 			toMark = append(toMark, h.flow)
 		}
 	}
@@ -312,80 +180,26 @@ func TestKernelResetMarked(t *testing.T) {
 		t.Fatalf("MarkFlows = %d, %v; want %d, nil", n, err, len(toMark))
 	}
 
-	// Every marked client waits for a reply; then each connection sends
-	// its next packet. One deadline bounds all the waiting.
+	// Each marked connection sends its next packet: the reset rules reset
+	// both ends at once (a keepalive probe: the client, and the server when
+	// it next sends). One deadline bounds the waiting.
 	deadline := time.Now().Add(20 * time.Second)
-	clientErr := map[*heldConn]chan error{}
 	for _, h := range held {
-		if h.next == unmarked {
+		if h.Next == netnstest.Unmarked {
 			continue
 		}
-		ch := make(chan error, 1)
-		clientErr[h] = ch
-		go func(c net.Conn) {
-			if err := c.SetReadDeadline(deadline); err != nil {
-				ch <- err
-				return
-			}
-			buf := make([]byte, 256)
-			n, err := c.Read(buf)
-			if n > 0 {
-				err = errors.New("read " + strings.TrimSpace(string(buf[:n])) + " instead of a reset")
-			}
-			ch <- err
-		}(h.c)
-	}
-	for _, h := range held {
-		switch h.next {
-		case clientSends:
-			if _, err := h.c.Write([]byte("ping\n")); err != nil {
-				t.Errorf("%s: write: %v", h.name, err)
-			}
-		case serverSends:
-			if _, err := h.srv.c.Write([]byte("push\n")); err != nil {
-				t.Errorf("%s: server write: %v", h.name, err)
-			}
-		}
-	}
-	for _, h := range held {
-		if h.next == unmarked {
-			continue
-		}
-		if err := <-clientErr[h]; !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("%s: client read: %v, want connection reset", h.name, err)
-		}
-		if h.next == clientKeepsAlive {
-			// The probe carried nothing for the server, which is reset
-			// when it next sends: the client's stack answers that.
-			if _, err := h.srv.c.Write([]byte("push\n")); err != nil {
-				t.Errorf("%s: server write after the client's reset: %v", h.name, err)
-			}
-		}
-		select {
-		case <-h.srv.done:
-			if !errors.Is(h.srv.err, syscall.ECONNRESET) {
-				t.Errorf("%s: the server's end stopped with %v, want connection reset", h.name, h.srv.err)
-			}
-		case <-time.After(max(time.Until(deadline), 3*time.Second)): // the keepalive case writes late
-			t.Errorf("%s: the server's end (%s) is still open", h.name, h.id)
+		if err := h.ExpectReset(deadline, netnstest.BothEnds); err != nil {
+			t.Errorf("%s: %v", h.Name, err)
 		}
 	}
 
 	// The unmarked connections never noticed.
 	for _, h := range held {
-		if h.next != unmarked {
+		if h.Next != netnstest.Unmarked {
 			continue
 		}
-		for i := range 3 {
-			reply, err := netnstest.Exchange(h.c, "again", 3*time.Second)
-			if id, _, _ := netnstest.ReplyID(reply); err != nil || id != h.id {
-				t.Errorf("%s: exchange %d: %q, %v; want %s", h.name, i, reply, err, h.id)
-			}
-		}
-		select {
-		case <-h.srv.done:
-			t.Errorf("%s: the server's end ended: %v", h.name, h.srv.err)
-		default:
+		if err := h.ExpectAlive(3, 3*time.Second); err != nil {
+			t.Errorf("%s: %v", h.Name, err)
 		}
 	}
 
@@ -410,13 +224,14 @@ func TestKernelResetMarked(t *testing.T) {
 	}
 	for _, h := range held {
 		i := slices.IndexFunc(after, func(f conntrack.Flow) bool { return f.Protocol == dataplane.TCP && f.Orig == h.flow.Orig })
+		unmarked := h.Next == netnstest.Unmarked
 		switch {
-		case h.next == unmarked && i < 0:
-			t.Errorf("%s: unmarked entry gone", h.name)
-		case h.next == unmarked && (after[i].TCPState != "ESTABLISHED" || after[i].Mark != 0):
-			t.Errorf("%s: unmarked entry now %s with mark %#x", h.name, after[i].TCPState, after[i].Mark)
-		case h.next != unmarked && i >= 0 && (after[i].TCPState == "ESTABLISHED" || after[i].Mark&mark != 0):
-			t.Errorf("%s: marked entry %s still %s with mark %#x", h.name, after[i], after[i].TCPState, after[i].Mark)
+		case unmarked && i < 0:
+			t.Errorf("%s: unmarked entry gone", h.Name)
+		case unmarked && (after[i].TCPState != "ESTABLISHED" || after[i].Mark != 0):
+			t.Errorf("%s: unmarked entry now %s with mark %#x", h.Name, after[i].TCPState, after[i].Mark)
+		case !unmarked && i >= 0 && (after[i].TCPState == "ESTABLISHED" || after[i].Mark&mark != 0):
+			t.Errorf("%s: marked entry %s still %s with mark %#x", h.Name, after[i], after[i].TCPState, after[i].Mark)
 		}
 	}
 }

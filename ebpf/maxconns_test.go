@@ -1,10 +1,8 @@
 package ebpf
 
 import (
-	"errors"
 	"net"
 	"net/netip"
-	"syscall"
 	"testing"
 	"time"
 
@@ -12,24 +10,10 @@ import (
 	"github.com/switchyard/switchyard/test/netnstest"
 )
 
-// holdTCP connects from the client to addr, checks the echo reply and
-// keeps the connection until the test ends (or the caller closes it).
-func (e *env) holdTCP(t *testing.T, addr string) (net.Conn, string, error) {
+// holdTCP connects from the client to addr (netnstest.HoldTCP).
+func (e *env) holdTCP(t *testing.T, addr string) (*net.TCPConn, string, error) {
 	t.Helper()
-	c, err := netnstest.Dial(e.client, "tcp", addr, 3*time.Second)
-	if err != nil {
-		return nil, "", err
-	}
-	t.Cleanup(func() { c.Close() })
-	reply, err := netnstest.Exchange(c, "hello", 3*time.Second)
-	if err != nil {
-		t.Fatalf("%s: connected, no reply: %v", addr, err)
-	}
-	id, _, err := netnstest.ReplyID(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, id, nil
+	return netnstest.HoldTCP(t, e.client, addr, 3*time.Second)
 }
 
 // waitCount polls (bounded) until one sockops count (backend/direction)
@@ -50,14 +34,7 @@ func waitCount(t *testing.T, lb *SocketLB, key string, want uint64) {
 // out here: nothing routes service IPs in the client namespace).
 func (e *env) refusedConnect(t *testing.T, addr string) {
 	t.Helper()
-	c, id, err := e.holdTCP(t, addr)
-	if err == nil {
-		c.Close()
-		t.Fatalf("%s: connected to %s, want connection refused", addr, id)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Fatalf("%s: %v, want connection refused", addr, err)
-	}
+	netnstest.ExpectRefused(t, e.client, addr, 3*time.Second)
 }
 
 // TestMaxConnectionsPerBackend: with switchyard.io/max-connections-per-
@@ -82,20 +59,9 @@ func TestMaxConnectionsPerBackend(t *testing.T) {
 	t.Run("one backend per family, limit 2", func(t *testing.T) {
 		for _, fam := range []struct{ vip, be netip.Addr }{{clusterIP4, a4}, {clusterIP6, a6}} {
 			addr := hostPort(fam.vip, 80)
-			var held []net.Conn
-			for i := range 2 {
-				c, id, err := e.holdTCP(t, addr)
-				if err != nil || id != fam.be.String() {
-					t.Fatalf("%s connection %d: %s %v, want %s", addr, i, id, err, fam.be)
-				}
-				held = append(held, c)
-			}
+			held := netnstest.HoldTCPFrom(t, e.client, addr, 2, fam.be.String(), 3*time.Second)
 			e.refusedConnect(t, addr)
-			if reply, err := netnstest.Exchange(held[0], "again", 3*time.Second); err != nil {
-				t.Fatalf("held connection after the refusal: %v", err)
-			} else if id, _, _ := netnstest.ReplyID(reply); id != fam.be.String() {
-				t.Fatalf("held connection answered %q", reply)
-			}
+			netnstest.ExpectStillAnswered(t, held[0], fam.be.String(), "after the refusal", 3*time.Second)
 			// Once sockops has seen the close, there is room again.
 			held[0].Close()
 			waitCount(t, lb, hostPort(fam.be, backendPort)+"/out", 1)

@@ -17,25 +17,11 @@ import (
 	"github.com/switchyard/switchyard/test/vm/guest"
 )
 
-// holdIPVSConn opens a TCP connection from ns (nil = the node) to addr and
-// checks the echo reply; the connection stays open until the caller
-// closes it or the test ends.
+// holdIPVSConn opens a TCP connection from ns (nil = the node) to addr
+// and checks the echo reply (netnstest.HoldTCP).
 func holdIPVSConn(t *testing.T, ns *netnstest.NS, addr string) (*net.TCPConn, string, error) {
 	t.Helper()
-	c, err := netnstest.Dial(ns, "tcp", addr, 5*time.Second)
-	if err != nil {
-		return nil, "", err
-	}
-	t.Cleanup(func() { c.Close() })
-	reply, err := netnstest.Exchange(c, "hello", 5*time.Second)
-	if err != nil {
-		t.Fatalf("connection to %s accepted but no reply: %v", addr, err)
-	}
-	id, _, err := netnstest.ReplyID(reply)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c.(*net.TCPConn), id, nil
+	return netnstest.HoldTCP(t, ns, addr, 5*time.Second)
 }
 
 // refusedByIPVS checks that a new connection fails with ECONNREFUSED (the
@@ -43,14 +29,24 @@ func holdIPVSConn(t *testing.T, ns *netnstest.NS, addr string) (*net.TCPConn, st
 // socket LB's refusal), not with a timeout and not by connecting.
 func refusedByIPVS(t *testing.T, ns *netnstest.NS, addr string) {
 	t.Helper()
-	c, id, err := holdIPVSConn(t, ns, addr)
-	if err == nil {
-		c.Close()
-		t.Fatalf("%s: connected to %s, want connection refused", addr, id)
-	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Fatalf("%s: %v, want connection refused", addr, err)
-	}
+	netnstest.ExpectRefused(t, ns, addr, 5*time.Second)
+}
+
+// limitedNode is a topology of n backends (echo servers on TCP 8080),
+// the node's IPVS dataplane, and a State to which limited adds Services.
+func limitedNode(t *testing.T, n int) (*topology, *realNode, *dataplane.State) {
+	t.Helper()
+	topo := newTopology(t, n)
+	topo.startEcho(t, "tcp", 8080)
+	return topo, newRealNode(t, ipvs.Config{}), dataplane.NewState()
+}
+
+// limited adds a TCP Service on port of bes to st with at most limit
+// connections per backend, and returns its name.
+func limited(st *dataplane.State, name string, port uint16, limit int, bes ...backend) dataplane.ServicePortName {
+	svc := addService(st, name, dataplane.TCP, port, 0, "", bes...)
+	st.Services[svc].MaxConnectionsPerBackend = limit
+	return svc
 }
 
 // abort closes c with a reset: IPVS keeps the entry of a reset connection
@@ -75,14 +71,9 @@ func abort(t *testing.T, c *net.TCPConn) {
 // different backends and refuses the third.
 func TestVMMaxConnectionsIPVS(t *testing.T) {
 	guest.Required(t)
-	topo := newTopology(t, 2)
-	topo.startEcho(t, "tcp", 8080)
-	n := newRealNode(t, ipvs.Config{})
-	st := dataplane.NewState()
-	one := addService(st, "limited", dataplane.TCP, 80, 0, "", topo.Backends[0])
-	st.Services[one].MaxConnectionsPerBackend = 2
-	two := addService(st, "limited-two", dataplane.TCP, 81, 0, "", topo.Backends...)
-	st.Services[two].MaxConnectionsPerBackend = 1
+	topo, n, st := limitedNode(t, 2)
+	limited(st, "limited", 80, 2, topo.Backends[0])
+	limited(st, "limited-two", 81, 1, topo.Backends...)
 	n.sync(st, fullSync)
 
 	k := ipvs.Key{IP: clusterIP, Protocol: dataplane.TCP, Port: 80}
@@ -93,22 +84,11 @@ func TestVMMaxConnectionsIPVS(t *testing.T) {
 
 	t.Run("one backend, limit 2", func(t *testing.T) {
 		addr := net.JoinHostPort(clusterIP.String(), "80")
-		var held []*net.TCPConn
-		for i := range 2 {
-			c, id, err := holdIPVSConn(t, topo.Client, addr)
-			if err != nil || id != "be0" {
-				t.Fatalf("connection %d: %s %v, want be0", i, id, err)
-			}
-			held = append(held, c)
-		}
+		held := netnstest.HoldTCPFrom(t, topo.Client, addr, 2, "be0", 5*time.Second)
 		refusedByIPVS(t, topo.Client, addr)
 		refusedByIPVS(t, nil, addr)
 		// The held connections still work.
-		if reply, err := netnstest.Exchange(held[1], "again", 5*time.Second); err != nil {
-			t.Fatalf("held connection after the refusals: %v", err)
-		} else if id, _, _ := netnstest.ReplyID(reply); id != "be0" {
-			t.Fatalf("held connection answered %q", reply)
-		}
+		netnstest.ExpectStillAnswered(t, held[1], "be0", "after the refusals", 5*time.Second)
 
 		// A reset connection's entry expires after 10 s (CLOSE); until
 		// then it counts. Retry every 1.5 s (ICMP to one peer is rate
@@ -166,12 +146,8 @@ func TestVMMaxConnectionsIPVS(t *testing.T) {
 // program refuses it with ECONNREFUSED.
 func TestVMMaxConnectionsSocketLB(t *testing.T) {
 	guest.Required(t)
-	topo := newTopology(t, 1)
-	topo.startEcho(t, "tcp", 8080)
-	n := newRealNode(t, ipvs.Config{})
-	st := dataplane.NewState()
-	name := addService(st, "limited", dataplane.TCP, 80, 0, "", topo.Backends[0])
-	st.Services[name].MaxConnectionsPerBackend = 2
+	topo, n, st := limitedNode(t, 1)
+	limited(st, "limited", 80, 2, topo.Backends[0])
 	n.sync(st, fullSync)
 
 	cg := netnstest.NewCgroup(t, "sy-lb")
@@ -189,11 +165,7 @@ func TestVMMaxConnectionsSocketLB(t *testing.T) {
 	}
 	cg.Enter(t)
 	addr := net.JoinHostPort(clusterIP.String(), "80")
-	for i := range 2 {
-		if _, id, err := holdIPVSConn(t, topo.Client, addr); err != nil || id != "be0" {
-			t.Fatalf("connection %d: %s %v, want be0", i, id, err)
-		}
-	}
+	netnstest.HoldTCPFrom(t, topo.Client, addr, 2, "be0", 5*time.Second)
 	refusedByIPVS(t, topo.Client, addr)
 	k := ipvs.Key{IP: clusterIP, Protocol: dataplane.TCP, Port: 80}
 	for _, rs := range n.realServers(k) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -728,5 +729,65 @@ func TestFileSettingsApplyReportsOverriddenFlags(t *testing.T) {
 	}
 	if c.ipvsScheduler != "sh" || !reflect.DeepEqual(c.clusterCIDRs, prefixes("10.244.0.0/16")) {
 		t.Errorf("config %+v", *c)
+	}
+}
+
+// deploy/daemonset.yaml's agent flags, with the ConfigMap of
+// deploy/switchyard-config.yaml where --config points (deploy/'s own test
+// checks that the file is mounted there), load as shipped: the file's
+// dataplane and cluster CIDR, the flag's node name.
+func TestDeployDaemonSetFlagsWithConfigMap(t *testing.T) {
+	var ds struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Name    string   `json:"name"`
+						Command []string `json:"command"`
+					} `json:"containers"`
+				} `json:"spec"`
+			} `json:"template"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal([]byte(mustRead(t, "../../deploy/daemonset.yaml")), &ds); err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal([]byte(mustRead(t, "../../deploy/switchyard-config.yaml")), &cm); err != nil {
+		t.Fatal(err)
+	}
+	var args []string
+	for _, c := range ds.Spec.Template.Spec.Containers {
+		if c.Name != "switchyard" {
+			continue
+		}
+		i := slices.Index(c.Command, "/switchyard")
+		if i < 0 {
+			t.Fatalf("no /switchyard in the command %v", c.Command)
+		}
+		for _, a := range c.Command[i+1:] {
+			a = strings.ReplaceAll(a, "$(NODE_NAME)", "Node-A")
+			if path, ok := strings.CutPrefix(a, "--config="); ok {
+				content, ok := cm.Data[filepath.Base(path)]
+				if !ok {
+					t.Fatalf("--config=%s: no such key in the ConfigMap", path)
+				}
+				a = "--config=" + writeConfig(t, content)
+			}
+			args = append(args, a)
+		}
+	}
+	if len(args) == 0 {
+		t.Fatal("no switchyard container in deploy/daemonset.yaml")
+	}
+	c, err := parseFlags(args)
+	if err != nil {
+		t.Fatalf("switchyard %v: %v", args, err)
+	}
+	if c.hostnameOverride != "node-a" || c.dataplane != "ipvs" || !reflect.DeepEqual(c.clusterCIDRs, prefixes("10.244.0.0/16")) ||
+		c.stateDir != "/var/run/switchyard" || c.healthzBindAddress != "0.0.0.0:10256" || !c.hostPorts || c.bpfSocketLB {
+		t.Errorf("deploy/daemonset.yaml with its ConfigMap: %+v", *c)
 	}
 }

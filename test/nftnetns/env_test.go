@@ -20,7 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/switchyard/switchyard/test/agentspec"
-	"github.com/switchyard/switchyard/test/netnstest"
+	"github.com/switchyard/switchyard/test/agentspec/nftdp"
 )
 
 // The nftables side of the agent spec (agentspec.Dataplane): the node is a
@@ -29,41 +29,20 @@ import (
 // github.com/google/nftables (ruleset_test.go).
 
 type nftDataplane struct {
+	nftdp.Base
 	env *agentspec.Env
 }
 
 var _ agentspec.Dataplane = (*nftDataplane)(nil)
 
-// newNFTEnv makes the node namespace (forwarding on, no ICMP redirects for
-// hairpin traffic leaving the link it came in on) and the Env for one
-// scenario. The namespace, and with it everything the agent programmed in
-// it, goes in t.Cleanup after the agent's own cleanup checks.
+// newNFTEnv makes the node namespace and the Env for one scenario
+// (nftdp.NewEnv). The namespace, and with it everything the agent
+// programmed in it, goes in t.Cleanup after the agent's own cleanup
+// checks.
 func newNFTEnv(t *testing.T) *agentspec.Env {
 	t.Helper()
-	node := netnstest.New(t, "sy-node")
-	for name, value := range map[string]string{
-		"net/ipv4/ip_forward":                    "1",
-		"net/ipv4/conf/all/send_redirects":       "0",
-		"net/ipv4/conf/default/send_redirects":   "0",
-		"net/ipv4/conf/all/accept_redirects":     "0",
-		"net/ipv4/conf/default/accept_redirects": "0",
-	} {
-		if err := node.Do(func() error {
-			// /proc/sys/net shows the namespace of the thread that opens it.
-			return os.WriteFile(filepath.Join("/proc/sys", name), []byte(value+"\n"), 0o644)
-		}); err != nil {
-			t.Fatalf("sysctl %s=%s in %s: %v", name, value, node.Name(), err)
-		}
-	}
-	env := &agentspec.Env{AgentPath: agentBin, Node: node, NodeName: "node"}
-	env.DP = &nftDataplane{env: env}
-	return env
+	return nftdp.NewEnv(t, "sy-node", agentBin, func(env *agentspec.Env) agentspec.Dataplane { return &nftDataplane{env: env} })
 }
-
-func (*nftDataplane) Name() string                    { return "nftables" }
-func (*nftDataplane) StartParts() []string            { return []string{"nftables"} }
-func (*nftDataplane) Args() []string                  { return []string{"--dataplane", "nftables"} }
-func (*nftDataplane) Supports(agentspec.Feature) bool { return false }
 
 func (d *nftDataplane) read(t *testing.T) *ourObjects { t.Helper(); return readOurs(t, d.env.Node) }
 

@@ -3,17 +3,14 @@ package nftnetns
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net/netip"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/switchyard/switchyard/agentapi"
-	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/test/agentspec"
 	"github.com/switchyard/switchyard/test/connfleet"
 	"github.com/switchyard/switchyard/test/netnstest"
@@ -55,155 +52,15 @@ const (
 
 // rebalanceAnnotations are the annotations of an opted-in Service.
 func rebalanceAnnotations(dryRun bool) map[string]string {
-	ann := map[string]string{
-		dataplane.AnnotationRebalance:          "true",
-		dataplane.AnnotationRebalanceTolerance: fmt.Sprint(rebalanceTolerance),
-		dataplane.AnnotationRebalanceMaxResets: fmt.Sprint(rebalanceMaxResets),
-		dataplane.AnnotationRebalanceMinAge:    "1s",
-	}
-	if dryRun {
-		ann[dataplane.AnnotationRebalanceDryRun] = "true"
-	}
-	return ann
+	return agentspec.RebalanceAnnotations(rebalanceTolerance, rebalanceMaxResets, time.Second, dryRun)
 }
 
-// writeAnnotated writes s (its Service and EndpointSlice, as
-// Agent.WriteService does) with annotations on the Service.
-func writeAnnotated(t *testing.T, a *agentspec.Agent, s agentspec.Service, ann map[string]string) {
+// newFleet makes the clients (test/connfleet) of Service s at this
+// file's pace; see agentspec.NewFleet.
+func newFleet(t *testing.T, name string, topo *agentspec.Topology, s agentspec.Service, source agentspec.SourceCheck) *connfleet.Fleet {
 	t.Helper()
-	if len(ann) == 0 {
-		a.WriteService(s)
-		return
-	}
-	if s.Scheduler != "" {
-		t.Fatal("writeAnnotated: the Service already has an annotations block (Scheduler)")
-	}
-	head := fmt.Sprintf("kind: Service\nmetadata:\n  name: %s\n  namespace: %s\n", s.Name, agentspec.Namespace)
-	doc := s.YAML()
-	if strings.Count(doc, head) != 1 {
-		t.Fatalf("writeAnnotated: no Service metadata %q in:\n%s", head, doc)
-	}
-	var b strings.Builder
-	b.WriteString(head + "  annotations:\n")
-	for _, k := range slices.Sorted(maps.Keys(ann)) {
-		fmt.Fprintf(&b, "    %s: %q\n", k, ann[k])
-	}
-	a.Write(s.Name+".yaml", strings.Replace(doc, head, b.String(), 1))
-}
-
-// portName is the Service port's name as the agent's metrics label it.
-func portName(s agentspec.Service) string {
-	return agentspec.Namespace + "/" + s.Name + ":p/" + strings.ToLower(s.Proto())
-}
-
-// sourceCheck checks the source a backend saw on a client's connection
-// (local: the connection's own address).
-type sourceCheck func(be agentspec.Backend, local, seen netip.AddrPort) error
-
-// masqueradedSource: the nftables dataplane masquerades the client (it
-// is outside --cluster-cidr): the backend sees the node's address on its
-// link.
-func masqueradedSource(be agentspec.Backend, _, seen netip.AddrPort) error {
-	if seen.Addr() != agentspec.Masqueraded(be) {
-		return fmt.Errorf("%s saw source %s, want the node's %s (masqueraded)", be.ID, seen, agentspec.Masqueraded(be))
-	}
-	return nil
-}
-
-// translatedSource: the socket load balancer connected the client's
-// socket straight to the backend, which sees the socket's own address.
-func translatedSource(be agentspec.Backend, local, seen netip.AddrPort) error {
-	if seen != local {
-		return fmt.Errorf("%s saw source %s, want the client's own %s (translated)", be.ID, seen, local)
-	}
-	return nil
-}
-
-// backendIDs are the backends' IDs, in their order.
-func backendIDs(bes []agentspec.Backend) []string {
-	ids := make([]string, len(bes))
-	for i, be := range bes {
-		ids[i] = be.ID
-	}
-	return ids
-}
-
-// newFleet makes the clients (test/connfleet) of Service s from the
-// client namespace: any of the topology's backends may be reported,
-// those of s may answer (allow more before a scale-up), and every answer
-// must come with the source source expects. t.Cleanup stops them.
-func newFleet(t *testing.T, name string, topo *agentspec.Topology, s agentspec.Service, source sourceCheck) *connfleet.Fleet {
-	t.Helper()
-	f, err := connfleet.New(connfleet.Config{
-		Name: name, NS: topo.Client, Addr: s.Addr(), Backends: backendIDs(topo.Backends),
-		Interval: requestInterval, AttemptTimeout: attemptTimeout, MaxAttempts: maxAttempts, MaxRequests: maxClientRequests,
-		CheckSource: func(id string, local, seen netip.AddrPort) error {
-			be, ok := topo.Backend(id)
-			if !ok {
-				return fmt.Errorf("no backend %q in the topology", id)
-			}
-			return source(be, local, seen)
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Stop)
-	allow(t, f, s.Backends)
-	return f
-}
-
-// allow lets bes answer f's clients (before they are written).
-func allow(t *testing.T, f *connfleet.Fleet, bes []agentspec.Backend) {
-	t.Helper()
-	if err := f.Allow(backendIDs(bes)...); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// establish opens n connections of f spread exactly evenly over bes.
-func establish(t *testing.T, f *connfleet.Fleet, n int, bes []agentspec.Backend) {
-	t.Helper()
-	if err := f.Establish(n, backendIDs(bes)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// rebalanceSeries are the switchyard_rebalance_* samples of a Service
-// port in metrics text.
-func rebalanceSeries(text, port string) []string {
-	rx := regexp.MustCompile(`(?m)^switchyard_rebalance_\w+\{[^}]*service="` + regexp.QuoteMeta(port) + `"[^}]*\} \S+$`)
-	return rx.FindAllString(text, -1)
-}
-
-// rebalanceMetric is one switchyard_rebalance_* sample of a Service port
-// (labels besides service as `k="v",` in Prometheus order), 0 when absent.
-func rebalanceMetric(text, name, labels, port string) (float64, bool) {
-	return sample(text, fmt.Sprintf(`switchyard_rebalance_%s{%sservice="%s"}`, name, labels, port))
-}
-
-// mustMetrics reads /metrics or fails the test.
-func mustMetrics(t *testing.T, env *agentspec.Env) string {
-	t.Helper()
-	text, err := metricsText(env)
-	if err != nil {
-		t.Fatalf("/metrics: %v", err)
-	}
-	return text
-}
-
-// waitRounds waits until the rebalancer has counted n more rounds of
-// outcome for port than from.
-func waitRounds(t *testing.T, env *agentspec.Env, a *agentspec.Agent, port, outcome string, from float64, n int) {
-	t.Helper()
-	a.Eventually(fmt.Sprintf("%d more rebalancer rounds %q of %s", n, outcome, port), agentspec.Deadline, func() (bool, string) {
-		text, err := metricsText(env)
-		if err != nil {
-			return false, err.Error()
-		}
-		got, _ := rebalanceMetric(text, "rounds_total", `outcome="`+outcome+`",`, port)
-		return got >= from+float64(n), fmt.Sprintf("%v rounds (from %v); series: %v", got, from, rebalanceSeries(text, port))
-	})
+	return agentspec.NewFleet(t, connfleet.Config{Name: name, Interval: requestInterval, AttemptTimeout: attemptTimeout,
+		MaxAttempts: maxAttempts, MaxRequests: maxClientRequests}, topo, s, source)
 }
 
 // rebalanceMode is the mechanism that sheds in a run of rebalanceScaleUp.
@@ -213,7 +70,7 @@ type rebalanceMode struct {
 	// socketLB runs the agent with --bpf-socket-lb on a test cgroup the
 	// test process enters.
 	socketLB bool
-	source   sourceCheck
+	source   agentspec.SourceCheck
 }
 
 // TestNFTAgentRebalance: a ClusterIP Service opted in to rebalancing
@@ -227,7 +84,7 @@ type rebalanceMode struct {
 func TestNFTAgentRebalance(t *testing.T) {
 	requireAgent(t)
 	probeNFTables(t)
-	rebalanceScaleUp(t, rebalanceMode{mechanism: "conntrack", other: "socketlb", source: masqueradedSource})
+	rebalanceScaleUp(t, rebalanceMode{mechanism: "conntrack", other: "socketlb", source: agentspec.MasqueradedSource})
 }
 
 // TestNFTAgentRebalanceSocketLB: the same with --bpf-socket-lb (a test
@@ -237,7 +94,7 @@ func TestNFTAgentRebalance(t *testing.T) {
 func TestNFTAgentRebalanceSocketLB(t *testing.T) {
 	requireAgent(t)
 	probeNFTables(t)
-	rebalanceScaleUp(t, rebalanceMode{mechanism: "socketlb", other: "conntrack", socketLB: true, source: translatedSource})
+	rebalanceScaleUp(t, rebalanceMode{mechanism: "socketlb", other: "conntrack", socketLB: true, source: agentspec.TranslatedSource})
 }
 
 func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
@@ -263,8 +120,8 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 	two, four := topo.Backends[:2], topo.Backends
 	web := agentspec.Service{Name: "web", ClusterIP: netip.MustParseAddr("10.96.0.90"), Port: 80, Backends: two}
 	by := agentspec.Service{Name: "bystander", ClusterIP: netip.MustParseAddr("10.96.0.91"), Port: 80, Backends: two}
-	webPort, byPort := portName(web), portName(by)
-	writeAnnotated(t, a, web, rebalanceAnnotations(false))
+	webPort, byPort := agentspec.PortName(web), agentspec.PortName(by)
+	a.WriteAnnotated(web, rebalanceAnnotations(false))
 	a.WriteService(by)
 	a.Start()
 	a.WaitLog(`"Rebalancer ready for Services that opt in".*` + mode.mechanism)
@@ -272,24 +129,24 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 
 	clients := newFleet(t, "web", topo, web, mode.source)
 	bystanders := newFleet(t, "bystander", topo, by, mode.source)
-	establish(t, clients, rebalanceClients, two)
-	establish(t, bystanders, bystanderClients, two)
+	agentspec.Establish(t, clients, rebalanceClients, two)
+	agentspec.Establish(t, bystanders, bystanderClients, two)
 
 	// Evenly spread: the rebalancer measures them and leaves them be.
-	text := mustMetrics(t, env)
-	balancedBefore, _ := rebalanceMetric(text, "rounds_total", `outcome="balanced",`, webPort)
-	waitRounds(t, env, a, webPort, "balanced", balancedBefore, 1)
-	text = mustMetrics(t, env)
-	if v, ok := rebalanceMetric(text, "imbalance_ratio", "", webPort); !ok || v != 1 {
+	text := env.MustMetrics(t)
+	balancedBefore, _ := agentspec.RebalanceMetric(text, "rounds_total", `outcome="balanced",`, webPort)
+	a.WaitRebalanceRounds(webPort, "balanced", balancedBefore, 1, agentspec.Deadline)
+	text = env.MustMetrics(t)
+	if v, ok := agentspec.RebalanceMetric(text, "imbalance_ratio", "", webPort); !ok || v != 1 {
 		t.Errorf("imbalance ratio with %d connections evenly on 2 backends: %v (present %v), want 1", rebalanceClients, v, ok)
 	}
-	ids := backendIDs(four)
+	ids := agentspec.BackendIDs(four)
 	before := clients.Snapshot()
 	if before.Lost > 0 || before.Failed > 0 {
 		t.Errorf("connections lost before the scale-up (nothing to rebalance): %v", before)
 	}
 	for _, m := range []string{mode.mechanism, mode.other} {
-		if v, _ := rebalanceMetric(text, "resets_total", `mechanism="`+m+`",`, webPort); v != 0 {
+		if v, _ := agentspec.RebalanceMetric(text, "resets_total", `mechanism="`+m+`",`, webPort); v != 0 {
 			t.Errorf("%s resets before the scale-up (connections even): %v", m, v)
 		}
 	}
@@ -298,11 +155,11 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 		before.PerBackend(), rebalanceTolerance, minimum, connfleet.MinimumResets(before.Of(ids...), 0))
 
 	// Scale up.
-	allow(t, clients, four)
-	allow(t, bystanders, four)
+	agentspec.Allow(t, clients, four)
+	agentspec.Allow(t, bystanders, four)
 	web.Backends, by.Backends = four, four
 	scaled := time.Now()
-	writeAnnotated(t, a, web, rebalanceAnnotations(false))
+	a.WriteAnnotated(web, rebalanceAnnotations(false))
 	a.WriteService(by)
 	env.DP.WaitProgrammed(t, a, web, by)
 
@@ -316,15 +173,15 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 	})
 	took := time.Since(scaled)
 	// And the rebalancer agrees: rounds find the Service balanced.
-	text = mustMetrics(t, env)
-	from, _ := rebalanceMetric(text, "rounds_total", `outcome="balanced",`, webPort)
-	waitRounds(t, env, a, webPort, "balanced", from, 2)
-	text = mustMetrics(t, env)
-	resets, _ := rebalanceMetric(text, "resets_total", `mechanism="`+mode.mechanism+`",`, webPort)
-	if v, ok := rebalanceMetric(text, "imbalance_ratio", "", webPort); !ok || v > 1+rebalanceTolerance+1e-9 {
+	text = env.MustMetrics(t)
+	from, _ := agentspec.RebalanceMetric(text, "rounds_total", `outcome="balanced",`, webPort)
+	a.WaitRebalanceRounds(webPort, "balanced", from, 2, agentspec.Deadline)
+	text = env.MustMetrics(t)
+	resets, _ := agentspec.RebalanceMetric(text, "resets_total", `mechanism="`+mode.mechanism+`",`, webPort)
+	if v, ok := agentspec.RebalanceMetric(text, "imbalance_ratio", "", webPort); !ok || v > 1+rebalanceTolerance+1e-9 {
 		t.Errorf("switchyard_rebalance_imbalance_ratio = %v (present %v) once balanced, want <= %v", v, ok, 1+rebalanceTolerance)
 	}
-	rounds := rebalanceSeries(text, webPort)
+	rounds := agentspec.RebalanceSeries(text, webPort)
 	shedLines := regexp.MustCompile(`.*"Rebalanced connections".*`).FindAllString(a.Current().Log(), -1)
 	clients.Stop()
 	bystanders.Stop()
@@ -351,15 +208,15 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 	}
 	// Every connection a client lost is one the rebalancer closed (it
 	// counts a close before the client can see it).
-	text = mustMetrics(t, env)
-	if resets, _ = rebalanceMetric(text, "resets_total", `mechanism="`+mode.mechanism+`",`, webPort); float64(final.Lost) > resets {
+	text = env.MustMetrics(t)
+	if resets, _ = agentspec.RebalanceMetric(text, "resets_total", `mechanism="`+mode.mechanism+`",`, webPort); float64(final.Lost) > resets {
 		t.Errorf("the clients lost %d connections, more than the %v the rebalancer closed: %v", final.Lost, resets, final)
 	}
-	if v, _ := rebalanceMetric(text, "resets_total", `mechanism="`+mode.other+`",`, webPort); v != 0 {
+	if v, _ := agentspec.RebalanceMetric(text, "resets_total", `mechanism="`+mode.other+`",`, webPort); v != 0 {
 		t.Errorf("%s closed %v connections; only %s sees these", mode.other, v, mode.mechanism)
 	}
 	for _, m := range []string{"conntrack", "socketlb"} {
-		if v, _ := rebalanceMetric(text, "errors_total", `mechanism="`+m+`",`, webPort); v != 0 {
+		if v, _ := agentspec.RebalanceMetric(text, "errors_total", `mechanism="`+m+`",`, webPort); v != 0 {
 			t.Errorf("switchyard_rebalance_errors_total{mechanism=%q} = %v, want 0", m, v)
 		}
 	}
@@ -393,7 +250,7 @@ func rebalanceScaleUp(t *testing.T, mode rebalanceMode) {
 	if got := bys.Of(ids...); got[2]+got[3] != 0 {
 		t.Errorf("the Service without the opt-in has connections on the new backends: %v", got)
 	}
-	if s := rebalanceSeries(text, byPort); len(s) > 0 {
+	if s := agentspec.RebalanceSeries(text, byPort); len(s) > 0 {
 		t.Errorf("rebalancer metrics for the Service without the opt-in: %v", s)
 	}
 }
@@ -412,39 +269,39 @@ func TestNFTAgentRebalanceNotOptedIn(t *testing.T) {
 	two, four := topo.Backends[:2], topo.Backends
 	plain := agentspec.Service{Name: "plain", ClusterIP: netip.MustParseAddr("10.96.0.92"), Port: 80, Backends: two}
 	dry := agentspec.Service{Name: "dry", ClusterIP: netip.MustParseAddr("10.96.0.93"), Port: 80, Backends: two}
-	plainPort, dryPort := portName(plain), portName(dry)
+	plainPort, dryPort := agentspec.PortName(plain), agentspec.PortName(dry)
 	a.WriteService(plain)
-	writeAnnotated(t, a, dry, rebalanceAnnotations(true))
+	a.WriteAnnotated(dry, rebalanceAnnotations(true))
 	a.Start()
 	a.WaitLog(`"Rebalancer ready for Services that opt in".*conntrack`)
 	env.DP.WaitProgrammed(t, a, plain, dry)
 
 	const n = 24
-	plainClients := newFleet(t, "plain", topo, plain, masqueradedSource)
-	dryClients := newFleet(t, "dry", topo, dry, masqueradedSource)
-	establish(t, plainClients, n, two)
-	establish(t, dryClients, n, two)
-	text := mustMetrics(t, env)
-	balanced, _ := rebalanceMetric(text, "rounds_total", `outcome="balanced",`, dryPort)
-	waitRounds(t, env, a, dryPort, "balanced", balanced, 1)
-	text = mustMetrics(t, env)
-	dryRuns, _ := rebalanceMetric(text, "rounds_total", `outcome="dry-run",`, dryPort)
-	ids := backendIDs(four)
+	plainClients := newFleet(t, "plain", topo, plain, agentspec.MasqueradedSource)
+	dryClients := newFleet(t, "dry", topo, dry, agentspec.MasqueradedSource)
+	agentspec.Establish(t, plainClients, n, two)
+	agentspec.Establish(t, dryClients, n, two)
+	text := env.MustMetrics(t)
+	balanced, _ := agentspec.RebalanceMetric(text, "rounds_total", `outcome="balanced",`, dryPort)
+	a.WaitRebalanceRounds(dryPort, "balanced", balanced, 1, agentspec.Deadline)
+	text = env.MustMetrics(t)
+	dryRuns, _ := agentspec.RebalanceMetric(text, "rounds_total", `outcome="dry-run",`, dryPort)
+	ids := agentspec.BackendIDs(four)
 	minimum := connfleet.MinimumResets(dryClients.Snapshot().Of(ids...), rebalanceTolerance)
 
-	allow(t, plainClients, four)
-	allow(t, dryClients, four)
+	agentspec.Allow(t, plainClients, four)
+	agentspec.Allow(t, dryClients, four)
 	plain.Backends, dry.Backends = four, four
 	a.WriteService(plain)
-	writeAnnotated(t, a, dry, rebalanceAnnotations(true))
+	a.WriteAnnotated(dry, rebalanceAnnotations(true))
 	env.DP.WaitProgrammed(t, a, plain, dry)
 	// Past the settling time, three rounds plan to shed and do not.
-	waitRounds(t, env, a, dryPort, "dry-run", dryRuns, 3)
+	a.WaitRebalanceRounds(dryPort, "dry-run", dryRuns, 3, agentspec.Deadline)
 	// New connections reach the new backends meanwhile.
 	env.Spread(t, "new connections after the scale-up", topo.Client, "tcp", plain.Addr(), 4, four...)
 
 	// The metrics before the clients close their connections.
-	text = mustMetrics(t, env)
+	text = env.MustMetrics(t)
 	plainClients.Stop()
 	dryClients.Stop()
 	for _, f := range []*connfleet.Fleet{plainClients, dryClients} {
@@ -461,19 +318,19 @@ func TestNFTAgentRebalanceNotOptedIn(t *testing.T) {
 		}
 		t.Logf("%s after the scale-up: %v", f.Name(), s)
 	}
-	if s := rebalanceSeries(text, plainPort); len(s) > 0 {
+	if s := agentspec.RebalanceSeries(text, plainPort); len(s) > 0 {
 		t.Errorf("rebalancer metrics for the Service without the opt-in: %v", s)
 	}
-	t.Logf("dry run's rebalancer metrics:\n  %s", strings.Join(rebalanceSeries(text, dryPort), "\n  "))
+	t.Logf("dry run's rebalancer metrics:\n  %s", strings.Join(agentspec.RebalanceSeries(text, dryPort), "\n  "))
 	for _, m := range []string{"conntrack", "socketlb"} {
-		if v, _ := rebalanceMetric(text, "resets_total", `mechanism="`+m+`",`, dryPort); v != 0 {
+		if v, _ := agentspec.RebalanceMetric(text, "resets_total", `mechanism="`+m+`",`, dryPort); v != 0 {
 			t.Errorf("dry run: switchyard_rebalance_resets_total{mechanism=%q} = %v, want none", m, v)
 		}
 	}
-	if v, ok := rebalanceMetric(text, "planned_resets", "", dryPort); !ok || v != float64(minimum) {
+	if v, ok := agentspec.RebalanceMetric(text, "planned_resets", "", dryPort); !ok || v != float64(minimum) {
 		t.Errorf("dry run: switchyard_rebalance_planned_resets = %v (present %v), want the minimum %d", v, ok, minimum)
 	}
-	if v, ok := rebalanceMetric(text, "imbalance_ratio", "", dryPort); !ok || v != 2 {
+	if v, ok := agentspec.RebalanceMetric(text, "imbalance_ratio", "", dryPort); !ok || v != 2 {
 		t.Errorf("dry run: switchyard_rebalance_imbalance_ratio = %v (present %v), want 2 (all on 2 of 4 backends)", v, ok)
 	}
 	log := a.Current().Log()

@@ -6,9 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"regexp"
@@ -142,35 +140,6 @@ func (h held) check(t *testing.T, when string) {
 	}
 }
 
-// metricsText is the agent's /metrics from the node namespace.
-func metricsText(env *agentspec.Env) (string, error) {
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
-			return netnstest.Dial(env.Node, network, addr, 3*time.Second)
-		}}}
-	resp, err := hc.Get("http://127.0.0.1:10249/metrics")
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	return string(b), err
-}
-
-// sample is the value of the series (name{labels}, exact) in metrics
-// text, and whether it is there.
-func sample(text, series string) (float64, bool) {
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`).FindStringSubmatch(text)
-	if m == nil {
-		return 0, false
-	}
-	v, err := strconv.ParseFloat(m[1], 64)
-	return v, err == nil
-}
-
 // yardctl runs yardctl in process against the agent's API socket.
 func yardctl(a *agentspec.Agent, args ...string) (string, error) {
 	var out, errOut bytes.Buffer
@@ -201,23 +170,23 @@ func expectCounts(t *testing.T, env *agentspec.Env, a *agentspec.Agent, web agen
 	t.Helper()
 	want := h.perBackend()
 	a.Eventually(when+": the held connections in /metrics", agentspec.Deadline, func() (bool, string) {
-		text, err := metricsText(env)
+		text, err := env.Metrics()
 		if err != nil {
 			return false, err.Error()
 		}
-		if v, ok := sample(text, `switchyard_bpf_socket_lb_enabled{requested="true"}`); !ok || v != 1 {
+		if v, ok := agentspec.Sample(text, `switchyard_bpf_socket_lb_enabled{requested="true"}`); !ok || v != 1 {
 			return false, fmt.Sprintf("switchyard_bpf_socket_lb_enabled{requested=\"true\"} = %v (present %v), want 1", v, ok)
 		}
 		for _, be := range web.Backends {
 			addr := netip.AddrPortFrom(be.Addr, agentspec.TargetPort).String()
 			series := fmt.Sprintf(`switchyard_bpf_backend_connections{backend="%s",direction="out",service="%s"}`, addr, webPort)
-			v, ok := sample(text, series)
+			v, ok := agentspec.Sample(text, series)
 			if float64(want[addr]) != v || (want[addr] > 0 && !ok) {
 				return false, fmt.Sprintf("%s = %v (present %v), want %d", series, v, ok, want[addr])
 			}
 		}
 		series := fmt.Sprintf(`switchyard_bpf_service_connections{direction="out",service="%s"}`, webPort)
-		if v, ok := sample(text, series); !ok || v != float64(len(h)) {
+		if v, ok := agentspec.Sample(text, series); !ok || v != float64(len(h)) {
 			return false, fmt.Sprintf("%s = %v (present %v), want %d", series, v, ok, len(h))
 		}
 		return true, ""
@@ -573,11 +542,11 @@ func TestNFTAgentSocketLBUnsupported(t *testing.T) {
 	}
 	env.DP.WaitProgrammed(t, a, web)
 	a.Eventually("switchyard_bpf_socket_lb_enabled 0, requested", agentspec.Deadline, func() (bool, string) {
-		text, err := metricsText(env)
+		text, err := env.Metrics()
 		if err != nil {
 			return false, err.Error()
 		}
-		v, ok := sample(text, `switchyard_bpf_socket_lb_enabled{requested="true"}`)
+		v, ok := agentspec.Sample(text, `switchyard_bpf_socket_lb_enabled{requested="true"}`)
 		return ok && v == 0, fmt.Sprintf("value %v, present %v", v, ok)
 	})
 	var st agentapi.Status

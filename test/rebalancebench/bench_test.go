@@ -6,10 +6,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"maps"
-	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -25,7 +21,6 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 	"github.com/switchyard/switchyard/test/agentspec"
 	"github.com/switchyard/switchyard/test/connfleet"
-	"github.com/switchyard/switchyard/test/netnstest"
 )
 
 var (
@@ -112,12 +107,7 @@ func TestRebalanceBench(t *testing.T) {
 		ann    map[string]string
 	}{
 		{"off", "10.96.0.100", *offWindow, nil},
-		{"on", "10.96.0.101", *onWindow, map[string]string{
-			dataplane.AnnotationRebalance:          "true",
-			dataplane.AnnotationRebalanceTolerance: strconv.FormatFloat(tolerance, 'f', -1, 64),
-			dataplane.AnnotationRebalanceMaxResets: strconv.FormatFloat(*maxResets, 'f', -1, 64),
-			dataplane.AnnotationRebalanceMinAge:    minAge.String(),
-		}},
+		{"on", "10.96.0.101", *onWindow, agentspec.RebalanceAnnotations(tolerance, *maxResets, *minAge, false)},
 	} {
 		// "rebalance-": a Service named off or on would be a YAML bool.
 		svc := agentspec.Service{Name: "rebalance-" + ph.name, ClusterIP: netip.MustParseAddr(ph.ip), Port: 80, Backends: topo.Backends[:2]}
@@ -152,46 +142,21 @@ func runPhase(t *testing.T, env *agentspec.Env, a *agentspec.Agent, api *agentap
 	topo *agentspec.Topology, name string, svc agentspec.Service, ann map[string]string, window time.Duration) *Phase {
 	t.Helper()
 	two, all := svc.Backends, topo.Backends
-	ids := make([]string, len(all))
-	for i, be := range all {
-		ids[i] = be.ID
-	}
-	port := agentspec.Namespace + "/" + svc.Name + ":p/tcp"
-	writeService(t, a, svc, ann)
+	ids := agentspec.BackendIDs(all)
+	port := agentspec.PortName(svc)
+	a.WriteAnnotated(svc, ann)
 	waitModel(t, a, api, 1, len(two))
 
-	f, err := connfleet.New(connfleet.Config{
-		Name: svc.Name, NS: topo.Client, Addr: svc.Addr(), Backends: ids,
-		Interval: requestInterval, AttemptTimeout: attemptTimeout, MaxAttempts: maxAttempts,
+	// The client is outside --cluster-cidr: masqueraded to the node's
+	// address on the backend's link.
+	f := agentspec.NewFleet(t, connfleet.Config{
+		Name: svc.Name, Interval: requestInterval, AttemptTimeout: attemptTimeout, MaxAttempts: maxAttempts,
 		// The phase's requests and then some: establishing 1000
 		// connections takes seconds.
 		MaxRequests: int((window + lead + time.Minute) / requestInterval),
-		CheckSource: func(id string, _, seen netip.AddrPort) error {
-			// The client is outside --cluster-cidr: masqueraded to the
-			// node's address on the backend's link.
-			be, _ := topo.Backend(id)
-			if seen.Addr() != agentspec.Masqueraded(be) {
-				return fmt.Errorf("%s saw source %s, want the node's %s", id, seen, agentspec.Masqueraded(be))
-			}
-			return nil
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Stop)
-	allowAll := func(bes []agentspec.Backend) {
-		for _, be := range bes {
-			if err := f.Allow(be.ID); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	allowAll(two)
+	}, topo, svc, agentspec.MasqueradedSource)
 	start := time.Now()
-	if err := f.Establish(*clients, ids[:len(two)]); err != nil {
-		t.Fatal(err)
-	}
+	agentspec.Establish(t, f, *clients, two)
 	t.Logf("phase %s: %d connections in %v", name, *clients, time.Since(start).Round(time.Millisecond))
 	if ann != nil {
 		// The rebalancer has measured them even before the scale-up.
@@ -203,10 +168,10 @@ func runPhase(t *testing.T, env *agentspec.Env, a *agentspec.Agent, api *agentap
 	before := f.Snapshot()
 	resets0 := agentResets(t, env, port)
 	cpu0 := cpuTime(t, pid)
-	allowAll(all)
+	agentspec.Allow(t, f, all)
 	svc.Backends = all
 	scaled := time.Now()
-	writeService(t, a, svc, ann)
+	a.WriteAnnotated(svc, ann)
 	waitModel(t, a, api, 1, len(all))
 	for time.Since(scaled) < window {
 		if a.Current().Exited() {
@@ -231,25 +196,6 @@ func runPhase(t *testing.T, env *agentspec.Env, a *agentspec.Agent, api *agentap
 	}
 }
 
-// writeService writes s with annotations on its Service.
-func writeService(t *testing.T, a *agentspec.Agent, s agentspec.Service, ann map[string]string) {
-	t.Helper()
-	doc := s.YAML()
-	if len(ann) > 0 {
-		head := fmt.Sprintf("kind: Service\nmetadata:\n  name: %s\n  namespace: %s\n", s.Name, agentspec.Namespace)
-		if strings.Count(doc, head) != 1 {
-			t.Fatalf("no Service metadata %q in:\n%s", head, doc)
-		}
-		var b strings.Builder
-		b.WriteString(head + "  annotations:\n")
-		for _, k := range slices.Sorted(maps.Keys(ann)) {
-			fmt.Fprintf(&b, "    %s: %q\n", k, ann[k])
-		}
-		doc = strings.Replace(doc, head, b.String(), 1)
-	}
-	a.Write(s.Name+".yaml", doc)
-}
-
 // waitModel waits until a sync of the agent succeeded with ports Service
 // ports and endpoints endpoints in its model: the kernel has them.
 func waitModel(t *testing.T, a *agentspec.Agent, api *agentapi.Client, ports, endpoints int) {
@@ -263,24 +209,6 @@ func waitModel(t *testing.T, a *agentspec.Agent, api *agentapi.Client, ports, en
 		}
 		return st.ServicePorts == ports && st.Endpoints == endpoints && st.LastError == "", fmt.Sprintf("%+v", *st)
 	})
-}
-
-// metricsText is the agent's /metrics, read from the node namespace.
-func metricsText(env *agentspec.Env) (string, error) {
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
-		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
-			return netnstest.Dial(env.Node, network, addr, 3*time.Second)
-		}}}
-	resp, err := hc.Get("http://127.0.0.1:10249/metrics")
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	return string(b), err
 }
 
 // metricSum sums the samples of name whose labels include service=port.
@@ -299,28 +227,19 @@ func metricSum(text, name, port string) float64 {
 // every mechanism.
 func agentResets(t *testing.T, env *agentspec.Env, port string) float64 {
 	t.Helper()
-	text, err := metricsText(env)
-	if err != nil {
-		t.Fatalf("/metrics: %v", err)
-	}
-	return metricSum(text, "switchyard_rebalance_resets_total", port)
+	return metricSum(env.MustMetrics(t), "switchyard_rebalance_resets_total", port)
 }
 
 // waitMetric waits until the series (exact) reaches at least want.
 func waitMetric(t *testing.T, env *agentspec.Env, a *agentspec.Agent, series string, want float64) {
 	t.Helper()
-	rx := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
 	a.Eventually(fmt.Sprintf("%s >= %v", series, want), agentspec.Deadline, func() (bool, string) {
-		text, err := metricsText(env)
+		text, err := env.Metrics()
 		if err != nil {
 			return false, err.Error()
 		}
-		m := rx.FindStringSubmatch(text)
-		if m == nil {
-			return false, "no such series"
-		}
-		v, err := strconv.ParseFloat(m[1], 64)
-		return err == nil && v >= want, m[0]
+		v, ok := agentspec.Sample(text, series)
+		return ok && v >= want, fmt.Sprintf("%s %v (present %v)", series, v, ok)
 	})
 }
 

@@ -112,25 +112,25 @@ func NewFlowTable(ns netns.NsHandle, keep func(Flow) bool, opts ...FlowTableOpti
 	}
 	// Keep a handle of our own: resyncs subscribe again, in the same
 	// namespace even if the caller closed ns or runs Run elsewhere.
-	var err error
+	// Without ns, sockets open where the calling thread is, with no
+	// setns (which would need CAP_SYS_ADMIN even to enter the namespace
+	// the agent already runs in).
+	t.ns = netns.None()
 	if ns.IsOpen() {
-		var fd int
-		fd, err = unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
+		fd, err := unix.FcntlInt(uintptr(ns), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("conntrack: flow table: hold the network namespace: %w", err)
+		}
 		t.ns = netns.NsHandle(fd)
-	} else {
-		t.ns, err = netns.Get()
-	}
-	if err != nil {
-		return nil, fmt.Errorf("conntrack: flow table: hold the network namespace: %w", err)
 	}
 	s, err := nl.GetNetlinkSocketAt(t.ns, netns.None(), unix.NETLINK_NETFILTER)
 	if err != nil {
-		t.ns.Close()
+		closeNS(t.ns)
 		return nil, fmt.Errorf("conntrack: flow table: open request socket: %w", err)
 	}
 	if err := s.SetReceiveBufferSize(requestBuffer, true); err != nil && !errors.Is(err, unix.EPERM) {
 		s.Close()
-		t.ns.Close()
+		closeNS(t.ns)
 		return nil, fmt.Errorf("conntrack: flow table: set request receive buffer: %w", err)
 	}
 	t.req = newRequester(s)
@@ -461,5 +461,12 @@ func (t *FlowTable) closeSockets() {
 		t.req = nil
 	}
 	t.reqMu.Unlock()
-	t.ns.Close()
+	closeNS(t.ns)
+}
+
+// closeNS closes an open namespace handle (netns.None() is not one).
+func closeNS(h netns.NsHandle) {
+	if h.IsOpen() {
+		h.Close()
+	}
 }

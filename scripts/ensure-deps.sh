@@ -7,11 +7,18 @@
 # `ensure-deps.sh bpf` installs what regenerating the BPF objects needs
 # instead (clang with the bpf target, llvm-strip, libbpf and kernel
 # headers); building never needs them, the objects are committed.
+#
+# `ensure-deps.sh e2e` installs what the control-plane tests (test/cluster,
+# `make test-e2e`) need: nftables (upstream kube-proxy's nftables mode execs
+# nft).
 set -euo pipefail
 
 PACKAGES=(qemu-system-x86 kmod iptables ipset iproute2 conntrack)
 if [ "${1:-}" = bpf ]; then
 	PACKAGES=(clang llvm libbpf-dev linux-libc-dev)
+fi
+if [ "${1:-}" = e2e ]; then
+	PACKAGES=(nftables)
 fi
 
 installed() {

@@ -11,7 +11,7 @@ import (
 // --dataplane nftables in a node namespace created per scenario, and
 // every scenario checks real traffic between namespaces. The
 // nftables-specific checks (the table read back from the kernel, what to
-// delete behind the agent's back, foreign tables) are in env_test.go.
+// delete behind the agent's back, foreign tables) are in test/agentspec/nftdp.
 func TestNFTAgent(t *testing.T) {
 	requireAgent(t)
 	probeNFTables(t)

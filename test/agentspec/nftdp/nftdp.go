@@ -2,9 +2,9 @@
 // share (test/nftnetns, which runs the agent spec, and
 // test/rebalancebench): the node namespace and its agentspec.Env, the
 // dataplane's name and flags (Base), and Minimal, an agentspec.Dataplane
-// for runs that only need the agent up and its clean-up checked. The
-// spec's full implementation, reading the ruleset back, is
-// test/nftnetns's, built on Base.
+// for runs that only need the agent up and its clean-up checked; and
+// NewDataplane, the spec's full implementation, reading the ruleset back
+// (dataplane.go, ruleset.go), used by test/nftnetns and the e2e suite.
 package nftdp
 
 import (

@@ -1,4 +1,4 @@
-package nftnetns
+package nftdp
 
 import (
 	"encoding/hex"

@@ -34,8 +34,8 @@ func AgentAPI(t *testing.T, env *Env) {
 		}
 		return st.Syncs > 0 && st.LastSync != nil, fmt.Sprintf("%+v", *st)
 	})
-	if st.Dataplane != env.DP.Name() || st.NodeName != env.NodeName || st.ServicePorts != 1 || st.Endpoints != 2 || st.LastError != "" {
-		t.Errorf("status %+v, want dataplane %s, node %s, 1 Service port, 2 endpoints, no error", *st, env.DP.Name(), env.NodeName)
+	if st.Dataplane != env.DP.Name() || st.NodeName != env.NodeName || st.ServicePorts != 1+len(env.Ambient) || st.Endpoints != 2 || st.LastError != "" {
+		t.Errorf("status %+v, want dataplane %s, node %s, %d Service ports, 2 endpoints, no error", *st, env.DP.Name(), env.NodeName, 1+len(env.Ambient))
 	}
 
 	held, _ := HoldConnection(t, topo, topo.Client, web.Addr())

@@ -61,8 +61,9 @@ type Dataplane interface {
 	// node address included) is in the kernel, foreign objects aside, with
 	// an explanation when one is.
 	Absent(t *testing.T, svc Service) (bool, string)
-	// CheckKernel checks the kernel objects svcs, and no other Service,
-	// need (beyond what WaitProgrammed waits for), with t.Errorf.
+	// CheckKernel checks the kernel objects svcs, and no other Service
+	// (Env.Ambient aside), need (beyond what WaitProgrammed waits for),
+	// with t.Errorf.
 	CheckKernel(t *testing.T, svcs []Service)
 	// Snapshot renders the node's whole kernel state the dataplane deals
 	// in, without counters or kernel handles, deterministically: equal
@@ -123,6 +124,10 @@ type Env struct {
 	// Source, when set, gives each Agent where its objects live (a real
 	// API server); nil means a manifests directory (standalone mode).
 	Source func(t *testing.T) Source
+	// Ambient are Services the node's source has besides the scenario's
+	// (a real API server's own default/kubernetes): Dataplane.CheckKernel
+	// counts them as wanted.
+	Ambient []Service
 }
 
 // Require skips the test unless the dataplane has f.

@@ -153,6 +153,12 @@ func (s *Source) ensureNamespace(ctx context.Context, ns string) error {
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create namespace %s: %w", ns, err)
 	}
+	// Pods need their ServiceAccount, which the controller manager (not
+	// running here) would create.
+	_, err = s.client.CoreV1().ServiceAccounts(ns).Create(ctx, &v1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create serviceaccount %s/default: %w", ns, err)
+	}
 	s.mu.Lock()
 	s.namespaces[ns] = true
 	s.mu.Unlock()
@@ -165,6 +171,12 @@ func (s *Source) applyService(ctx context.Context, want *v1.Service) error {
 	}
 	c := s.client.CoreV1().Services(want.Namespace)
 	status := want.Status
+	// A manifest's LoadBalancer without nodePorts has none; the API
+	// server would allocate them unless told not to.
+	if want.Spec.Type == v1.ServiceTypeLoadBalancer && want.Spec.AllocateLoadBalancerNodePorts == nil && !hasNodePort(want) {
+		no := false
+		want.Spec.AllocateLoadBalancerNodePorts = &no
+	}
 	got, err := c.Get(ctx, want.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -185,6 +197,15 @@ func (s *Source) applyService(ctx context.Context, want *v1.Service) error {
 		return fmt.Errorf("update Service %s/%s status: %w", want.Namespace, want.Name, err)
 	}
 	return nil
+}
+
+func hasNodePort(svc *v1.Service) bool {
+	for _, p := range svc.Spec.Ports {
+		if p.NodePort != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Source) applySlice(ctx context.Context, want *discovery.EndpointSlice) error {

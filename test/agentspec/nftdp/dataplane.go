@@ -221,6 +221,7 @@ func (d *nftDataplane) Absent(t *testing.T, s agentspec.Service) (bool, string) 
 // loadBalancerSourceRanges, each sent to a chain filtering by them.
 func (d *nftDataplane) CheckKernel(t *testing.T, svcs []agentspec.Service) {
 	t.Helper()
+	svcs = append(slices.Clone(svcs), d.env.Ambient...)
 	o := d.read(t)
 	if !o.exists {
 		t.Errorf("no table ip %s", ourTable)

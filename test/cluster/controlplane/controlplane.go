@@ -93,7 +93,10 @@ type ControlPlane struct {
 	StartTime time.Duration
 
 	etcd, apiserver *process
-	stopOnce        sync.Once
+	// apiArgs start kube-apiserver again (StartAPIServer).
+	apiArgs      []string
+	readyTimeout time.Duration
+	stopOnce     sync.Once
 	stopErr         error
 }
 
@@ -254,7 +257,8 @@ func start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 	}
-	cp.apiserver, err = startProcess(dir, "kube-apiserver", opts.Binaries.APIServer, append(args, opts.APIServerArgs...)...)
+	cp.apiArgs, cp.readyTimeout = append(args, opts.APIServerArgs...), opts.ReadyTimeout
+	cp.apiserver, err = startProcess(dir, "kube-apiserver", opts.Binaries.APIServer, cp.apiArgs...)
 	if err != nil {
 		return nil, err
 	}
@@ -403,6 +407,29 @@ func (cp *ControlPlane) Stop() error {
 	return cp.stopErr
 }
 
+// StopAPIServer stops kube-apiserver only (SIGTERM, SIGKILL after a few
+// seconds); etcd keeps the objects. Clients then find no API server, as in
+// an outage, until StartAPIServer.
+func (cp *ControlPlane) StopAPIServer() {
+	cp.apiserver.stop(5 * time.Second)
+}
+
+// StartAPIServer starts kube-apiserver again with the same flags, port and
+// data, and waits for /readyz. Its log continues in the same file.
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	select {
+	case <-cp.apiserver.done:
+	default:
+		return errors.New("kube-apiserver is still running")
+	}
+	p, err := startProcess(cp.Dir, "kube-apiserver", cp.Binaries.APIServer, cp.apiArgs...)
+	if err != nil {
+		return err
+	}
+	cp.apiserver = p
+	return cp.waitReady(ctx, cp.readyTimeout)
+}
+
 // LogTails is the last n lines of each process's log.
 func (cp *ControlPlane) LogTails(n int) string {
 	var b strings.Builder
@@ -435,7 +462,7 @@ type process struct {
 
 func startProcess(dir, name, path string, args ...string) (*process, error) {
 	logPath := filepath.Join(dir, name+".log")
-	log, err := os.Create(logPath)
+	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("%s log: %w", name, err)
 	}

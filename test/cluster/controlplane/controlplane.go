@@ -97,7 +97,7 @@ type ControlPlane struct {
 	apiArgs      []string
 	readyTimeout time.Duration
 	stopOnce     sync.Once
-	stopErr         error
+	stopErr      error
 }
 
 // Start builds (or finds) the binaries, starts etcd and kube-apiserver on

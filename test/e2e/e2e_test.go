@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/switchyard/switchyard/test/agentspec"
@@ -36,7 +38,11 @@ type cluster struct {
 // token for its ServiceAccount, creates the Node, and points the Env's
 // agents at the API server: every object a scenario writes goes through
 // it.
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { t.Helper(); return newClusterWithRole(t, nil) }
+
+// newClusterWithRole is newCluster with deploy/rbac.yaml's ClusterRole
+// changed by edit (nil: as shipped) before the token is minted.
+func newClusterWithRole(t *testing.T, edit func(*rbacv1.ClusterRole)) *cluster {
 	t.Helper()
 	requireE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -59,6 +65,16 @@ func newCluster(t *testing.T) *cluster {
 	}
 	if _, err := cp.Apply(ctx, rbac); err != nil {
 		t.Fatalf("apply deploy/rbac.yaml: %v", err)
+	}
+	if edit != nil {
+		role, err := admin.RbacV1().ClusterRoles().Get(ctx, "switchyard", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(role)
+		if _, err := admin.RbacV1().ClusterRoles().Update(ctx, role, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	token, err := cp.ServiceAccountToken(ctx, "kube-system", "switchyard", time.Hour)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -114,5 +115,22 @@ func TestE2EAgentSpec(t *testing.T) {
 			c := newCluster(t)
 			sc.Run(t, c.env)
 		})
+	}
+}
+
+func metav1GetOptions() metav1.GetOptions { return metav1.GetOptions{} }
+
+// setNodeIP gives the cluster's Node the InternalIP ip.
+func setNodeIP(t *testing.T, c *cluster, ip netip.Addr) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := c.admin.CoreV1().Nodes().Get(ctx, c.env.NodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = append([]corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}}, n.Status.Addresses...)
+	if _, err := c.admin.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }

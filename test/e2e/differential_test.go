@@ -124,6 +124,19 @@ func diffCorpus(bes []agentspec.Backend) []diffCase {
 		return diffCase{name: name, yaml: b.String(), probes: []diffProbe{client(name+" ClusterIP", "tcp", addr)}}
 	}
 	cs = append(cs, term("terminating", "10.96.1.12", []bool{true, false}), term("all-terminating", "10.96.1.13", []bool{false, false}))
+	// Named ports: the Service's ports find their endpoints by name in the
+	// EndpointSlice (target ports named, as a Deployment's containerPort
+	// names resolve); a port the slice does not list has no endpoints.
+	var named strings.Builder
+	fmt.Fprintf(&named, "apiVersion: v1\nkind: Service\nmetadata: {name: named, namespace: %s}\nspec:\n  clusterIP: 10.96.1.14\n"+
+		"  ports:\n  - {name: web, protocol: TCP, port: 80, targetPort: http}\n  - {name: admin, protocol: TCP, port: 81, targetPort: admin}\n", agentspec.Namespace)
+	fmt.Fprintf(&named, "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: named-1\n  namespace: %s\n  labels: {kubernetes.io/service-name: named}\n"+
+		"addressType: IPv4\nports: [{name: web, protocol: TCP, port: %d}]\nendpoints:\n", agentspec.Namespace, agentspec.TargetPort)
+	for _, be := range bes[:2] {
+		fmt.Fprintf(&named, "- addresses: [%q]\n  conditions: {ready: true}\n", be.Addr)
+	}
+	cs = append(cs, diffCase{name: "named", yaml: named.String(), probes: []diffProbe{
+		client("named port with endpoints", "tcp", "10.96.1.14:80"), client("named port the slice lacks", "tcp", "10.96.1.14:81")}})
 	return cs
 }
 

@@ -2,13 +2,10 @@ package capstest
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -17,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard/switchyard/test/agentspec"
 )
 
 // The re-exec protocol (see the package doc): the test binary runs itself
@@ -63,20 +62,9 @@ func prepare(dir string) (skip string, err error) {
 	case os.Geteuid() != 0:
 		return "needs root (network and mount namespaces, capability bounding set)", nil
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return "no go toolchain in PATH to build the agent: " + err.Error(), nil
-	}
-	agentBin = filepath.Join(dir, "switchyard")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	// As the image builds it (deploy/Dockerfile): static, no cgo.
-	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-o", agentBin, "github.com/switchyard/switchyard/cmd/switchyard")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/switchyard: %w\n%s", err, out)
-	}
-	return "", nil
+	agentBin, err = agentspec.BuildAgent(dir, []string{"CGO_ENABLED=0"}, "-trimpath")
+	return "", err
 }
 
 func requireAgent(t *testing.T) {

@@ -16,12 +16,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/switchyard/switchyard/test/cluster/binaries"
+
+	"github.com/switchyard/switchyard/test/agentspec"
 )
 
 var (
@@ -63,11 +63,8 @@ func prepare(dir string) (skip string, err error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	agentBin = filepath.Join(dir, "switchyard")
-	build := exec.CommandContext(ctx, "go", "build", "-o", agentBin, "./cmd/switchyard")
-	build.Dir = filepath.Join("..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/switchyard: %w\n%s", err, out)
+	if agentBin, err = agentspec.BuildAgent(dir, nil); err != nil {
+		return "", err
 	}
 	if bins, err = binaries.BuildWith(ctx, binaries.Options{Log: os.Stderr}); err != nil {
 		return "", fmt.Errorf("control plane binaries: %w", err)

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/test/netnstest"
+
+	"github.com/switchyard/switchyard/test/agentspec"
 )
 
 // agentBin is the agent TestMain built; skipReason says why the tests
@@ -54,19 +56,8 @@ func prepare(dir string) (skip string, err error) {
 	case os.Geteuid() != 0:
 		return "needs root (network namespaces, nftables)", nil
 	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return "no go toolchain in PATH to build the agent: " + err.Error(), nil
-	}
-	agentBin = filepath.Join(dir, "switchyard")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	// By import path: works from this package's directory.
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", agentBin, "github.com/switchyard/switchyard/cmd/switchyard")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/switchyard: %w\n%s", err, out)
-	}
-	return "", nil
+	agentBin, err = agentspec.BuildAgent(dir, nil)
+	return "", err
 }
 
 // probeNFTables checks, once, that the agent constructs the nftables

@@ -6,7 +6,7 @@ GO ?= go
 # Minimum number of passing host tests: fewer means tests silently vanished.
 MIN_HOST_TESTS ?= 40
 
-.PHONY: all build deps vet test test-unit test-vm test-demo demo bench-sync generate bench-rebalance cluster-bins test-e2e
+.PHONY: all build deps vet test test-unit test-vm test-demo demo bench-sync generate bench-rebalance cluster-bins test-e2e bench-scale
 
 all: build
 
@@ -71,6 +71,20 @@ bench-ebpf:
 bench-rebalance:
 	$(GO) test -count=1 -v -run '^TestRebalanceBench$$' -timeout 15m ./test/rebalancebench/ \
 		-rebalance.bench -rebalance.png '$(CURDIR)/docs/bench-rebalance.png' $(REBALANCE_FLAGS) 2>&1 | grep -v '^[EIW][0-9]'
+
+# switchyard against upstream kube-proxy (nftables and iptables mode) on one
+# API server, each in its own network namespace (test/e2e/scalebench, real
+# kernel, needs root): at 1k, 10k and 30k Services x 5 endpoints, cold full
+# sync and one EndpointSlice change -> kernel programmed (read from the
+# kernel), RSS, CPU idle and under 50 changes/s; prints a table per scale
+# with the switchyard / kube-proxy ratios and writes docs/bench-scale.png
+# (results: docs/benchmarks.md). SCALE_FLAGS adds flags, e.g.
+# '-scale.services 1000,10000' to leave out 30k.
+bench-scale: cluster-bins
+	bash scripts/ensure-deps.sh e2e
+	@command -v iptables-restore >/dev/null || { echo 'bench-scale: kube-proxy iptables mode needs iptables (apt-get install iptables)' >&2; exit 1; }
+	cd test/e2e && $(GO) test -count=1 -v -run '^TestScaleBench$$' -timeout 90m ./scalebench/ \
+		-scale.bench -scale.png '$(CURDIR)/docs/bench-scale.png' $(SCALE_FLAGS) 2>&1 | grep -v '^[EIW][0-9]'
 
 test: test-unit test-demo test-vm test-e2e
 

@@ -1,0 +1,386 @@
+package scalebench
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+
+	"github.com/switchyard/switchyard/dataplane"
+	synft "github.com/switchyard/switchyard/nftables"
+	"github.com/switchyard/switchyard/test/cluster/controlplane"
+	"github.com/switchyard/switchyard/test/cluster/netns"
+)
+
+// Proxy kinds, by the names of -scale.proxies.
+const (
+	Switchyard = "switchyard"
+	KPNFT      = "kube-proxy-nftables"
+	KPIPT      = "kube-proxy-iptables"
+)
+
+// nodeName is the Node every proxy stands for (each in its own namespace).
+const nodeName = "node"
+
+// clusterCIDR is given to every proxy (masquerade decisions: the same rules
+// for all).
+const clusterCIDR = "10.244.0.0/16"
+
+// proxy is one running proxy in its namespace.
+type proxy struct {
+	kind    string
+	ns      *netns.NS
+	cmd     *exec.Cmd
+	done    chan struct{}
+	logPath string
+	started time.Time
+
+	mu   sync.Mutex
+	conn *nftables.Conn // netlink, in ns
+}
+
+// startProxy makes a namespace (lo up), a forwarder to the API server in
+// it, and starts kind there with the admin token. t.Cleanup stops it
+// (SIGTERM, SIGKILL after 5 s) before the namespace goes.
+func startProxy(t *testing.T, cp *controlplane.ControlPlane, kind string) *proxy {
+	t.Helper()
+	short := map[string]string{Switchyard: "sb-sy", KPNFT: "sb-kpn", KPIPT: "sb-kpi"}[kind]
+	ns := netns.New(t, short)
+	server := "https://" + ns.Forward(t, "127.0.0.1:6443", strings.TrimPrefix(cp.URL, "https://"))
+	dir := t.TempDir()
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := cp.WriteKubeconfig(kubeconfig, server, cp.AdminToken); err != nil {
+		t.Fatal(err)
+	}
+	var bin string
+	var args []string
+	switch kind {
+	case Switchyard:
+		bin = agentBin
+		args = []string{
+			"--dataplane", "nftables",
+			"--kubeconfig", kubeconfig,
+			"--hostname-override", nodeName,
+			"--cluster-cidr", clusterCIDR,
+			"--state-dir", filepath.Join(dir, "state"),
+			"--api-socket", filepath.Join(dir, "api.sock"),
+			"--bpf-pin-path", filepath.Join(dir, "bpf"),
+			"--healthz-bind-address", "127.0.0.1:10256",
+			"--metrics-bind-address", "127.0.0.1:10249",
+		}
+	case KPNFT, KPIPT:
+		bin = bins.Proxy
+		args = []string{
+			"--proxy-mode", strings.TrimPrefix(kind, "kube-proxy-"),
+			"--kubeconfig", kubeconfig,
+			"--hostname-override", nodeName,
+			"--cluster-cidr", clusterCIDR,
+			"--healthz-bind-address", "127.0.0.1:10256",
+			"--metrics-bind-address", "127.0.0.1:10249",
+			// nf_conntrack_max is global: leave the machine's alone.
+			"--conntrack-max-per-core", "0",
+		}
+	default:
+		t.Fatalf("unknown proxy %q", kind)
+	}
+	logPath := filepath.Join(dir, kind+".log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p := &proxy{kind: kind, ns: ns, cmd: cmd, done: make(chan struct{}), logPath: logPath}
+	p.started = time.Now()
+	if err := ns.Start(cmd); err != nil {
+		log.Close()
+		t.Fatalf("start %s: %v", kind, err)
+	}
+	go func() { _ = cmd.Wait(); log.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		p.stop()
+		p.closeConn()
+		if t.Failed() {
+			t.Logf("%s log tail:\n%s", kind, p.logTail(30))
+		}
+	})
+	return p
+}
+
+func (p *proxy) stop() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(5 * time.Second):
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+	}
+}
+
+func (p *proxy) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proxy) logTail(n int) string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// nft is a netlink socket in the proxy's namespace (one per proxy; its
+// probes run one at a time).
+func (p *proxy) nft() (*nftables.Conn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		return p.conn, nil
+	}
+	f, err := os.Open(filepath.Join("/run/netns", p.ns.Name))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		return nil, err
+	}
+	p.conn = c
+	return c, nil
+}
+
+func (p *proxy) closeConn() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn != nil {
+		_ = p.conn.CloseLasting()
+		p.conn = nil
+	}
+}
+
+// errAbsent: the object looked up is not (yet) in the kernel.
+var errAbsent = errors.New("absent")
+
+// programmed reports whether the kernel in p's namespace sends svc
+// (namespace/name, port "p", TCP) to endpoint ep, reading only that
+// Service's objects:
+//
+//   - switchyard: the elements of the numgen map of its svc- chain's DNAT
+//     rule (named __map-<chain>, see nftables/names.go);
+//   - kube-proxy nftables: the anonymous map of its service- chain's rule
+//     holds IP . PORT (its DNAT map; with affinity, a vmap to
+//     "goto endpoint-...__IP/PORT");
+//   - kube-proxy iptables (iptables-nft: table ip nat): its KUBE-SVC- chain
+//     jumps to the KUBE-SEP- chain of the endpoint.
+func (p *proxy) programmed(svc string, ep netip.AddrPort) (bool, error) {
+	c, err := p.nft()
+	if err != nil {
+		return false, err
+	}
+	ok, err := p.lookup(c, svc, ep)
+	if err != nil && !errors.Is(err, errAbsent) && !errors.Is(err, syscall.ENOENT) && !strings.Contains(err.Error(), "no such file") {
+		// A socket in an unknown state: start over next time.
+		p.closeConn()
+		return false, err
+	}
+	return ok, nil
+}
+
+func (p *proxy) lookup(c *nftables.Conn, svc string, ep netip.AddrPort) (bool, error) {
+	ns, name, _ := strings.Cut(svc, "/")
+	ip4 := ep.Addr().As4()
+	port := []byte{byte(ep.Port() >> 8), byte(ep.Port())}
+	switch p.kind {
+	case Switchyard:
+		chain, _, _, _ := synft.ServicePortChains(dataplane.ServicePortName{
+			ServiceName: dataplane.ServiceName{Namespace: ns, Name: name}, Port: "p", Protocol: dataplane.TCP})
+		t := &nftables.Table{Name: "switchyard", Family: nftables.TableFamilyIPv4}
+		elems, err := c.GetSetElements(&nftables.Set{Table: t, Name: "__map-" + chain})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range elems {
+			if len(e.Val) >= 6 && bytes.Equal(e.Val[:4], ip4[:]) && bytes.Equal(e.Val[4:6], port) {
+				return true, nil
+			}
+		}
+		return false, nil
+	case KPNFT:
+		base := ns + "/" + name + "/tcp/p"
+		chain := "service-" + kpHashAndTruncate(base)
+		want := "endpoint-" + kpHashAndTruncate(base+"__"+ep.Addr().String()+"/"+strconv.Itoa(int(ep.Port())))
+		t := &nftables.Table{Name: "kube-proxy", Family: nftables.TableFamilyIPv4}
+		rules, err := c.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+		if err != nil {
+			return false, err
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				l, ok := e.(*expr.Lookup)
+				if !ok || !l.IsDestRegSet || l.SetName == "" {
+					continue
+				}
+				elems, err := c.GetSetElements(&nftables.Set{Table: t, Name: l.SetName})
+				if err != nil {
+					return false, err
+				}
+				for _, el := range elems {
+					// Endpoint chains ("goto endpoint-...": affinity)
+					// or, as here, a direct DNAT map (ip . port).
+					if el.VerdictData != nil && el.VerdictData.Chain == want ||
+						len(el.Val) >= 6 && bytes.Equal(el.Val[:4], ip4[:]) && bytes.Equal(el.Val[4:6], port) {
+						return true, nil
+					}
+				}
+			}
+		}
+		return false, nil
+	case KPIPT:
+		spn := ns + "/" + name + ":p"
+		chain := "KUBE-SVC-" + kpPortProtoHash(spn+"tcp")
+		want := "KUBE-SEP-" + kpPortProtoHash(spn+"tcp"+ep.String())
+		t := &nftables.Table{Name: "nat", Family: nftables.TableFamilyIPv4}
+		rules, err := c.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+		if err != nil {
+			return false, err
+		}
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if v, ok := e.(*expr.Verdict); ok && v.Chain == want {
+					return true, nil
+				}
+			}
+		}
+		return false, nil
+	}
+	return false, fmt.Errorf("unknown proxy %q", p.kind)
+}
+
+// kpHashAndTruncate is kube-proxy's nftables chain-name base
+// (pkg/proxy/nftables: hashAndTruncate; our names never reach its
+// truncation length).
+func kpHashAndTruncate(name string) string {
+	sum := sha256.Sum256([]byte(name))
+	return base32.StdEncoding.EncodeToString(sum[:])[:8] + "-" + name
+}
+
+// kpPortProtoHash is kube-proxy's iptables chain hash (pkg/proxy/iptables:
+// portProtoHash and servicePortEndpointChainName): the first 16 base32
+// characters of sha256(servicePortName + protocol [+ "ip:port"]).
+func kpPortProtoHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+}
+
+// waitProgrammed polls programmed every interval until true, the deadline,
+// or the proxy's exit; it returns when it saw it.
+func (p *proxy) waitProgrammed(ctx context.Context, svc string, ep netip.AddrPort, interval time.Duration) (time.Time, error) {
+	var lastErr error
+	for {
+		ok, err := p.programmed(svc, ep)
+		now := time.Now()
+		if ok {
+			return now, nil
+		}
+		if err != nil {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			return now, fmt.Errorf("%s: %s -> %s not in the kernel: %w (last error: %v)", p.kind, svc, ep, ctx.Err(), lastErr)
+		case <-p.done:
+			return now, fmt.Errorf("%s exited: %s", p.kind, p.logTail(10))
+		case <-time.After(interval):
+		}
+	}
+}
+
+// healthy reports whether /healthz on 127.0.0.1:10256 in the namespace
+// answers 200.
+func (p *proxy) healthy() bool {
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{
+		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
+			return p.ns.Dial(network, addr, time.Second)
+		},
+	}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://127.0.0.1:10256/healthz")
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// cpu is the process's CPU time so far, its waited-for children's
+// (kube-proxy's nft and iptables-restore runs) included.
+func (p *proxy) cpu() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which is in parentheses).
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	// utime, stime, cutime, cstime are fields 14-17 of stat: 12-15 here.
+	var ticks int64
+	for _, i := range []int{11, 12, 13, 14} {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// mem is VmRSS and VmHWM (peak) in bytes.
+func (p *proxy) mem() (rss, peak uint64) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			rss = kb << 10
+		case "VmHWM":
+			peak = kb << 10
+		}
+	}
+	return rss, peak
+}

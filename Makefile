@@ -84,7 +84,7 @@ bench-scale: cluster-bins
 	bash scripts/ensure-deps.sh e2e
 	@command -v iptables-restore >/dev/null || { echo 'bench-scale: kube-proxy iptables mode needs iptables (apt-get install iptables)' >&2; exit 1; }
 	cd test/e2e && $(GO) test -count=1 -v -run '^TestScaleBench$$' -timeout 90m ./scalebench/ \
-		-scale.bench -scale.png '$(CURDIR)/docs/bench-scale.png' $(SCALE_FLAGS) 2>&1 | grep -v '^[EIW][0-9]'
+		-scale.bench -scale.png '$(CURDIR)/docs/bench-scale.png' $(SCALE_FLAGS) 2>&1 | grep --line-buffered -v '^[EIW][0-9]'
 
 test: test-unit test-demo test-vm test-e2e
 

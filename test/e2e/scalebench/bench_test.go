@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,6 +121,12 @@ type world struct {
 	have   int
 	slices []*discoveryv1.EndpointSlice // by Service; the last written
 	nextIP atomic.Uint32
+	// lastChanged and lastEndpointChanged: the last churn change's
+	// Service and new endpoint; resumedAt when the paused proxies were
+	// resumed.
+	lastChanged         int
+	lastEndpointChanged netip.AddrPort
+	resumedAt           time.Time
 }
 
 func svcName(i int) string    { return fmt.Sprintf("svc-%05d", i) }
@@ -255,6 +262,10 @@ func runScale(t *testing.T, cp *controlplane.ControlPlane, w *world, res *Scale,
 	var ps []*proxy
 	var rs []*Proxy
 	for _, kind := range kinds {
+		if kind == KPIPT && n > *iptMaxFlag {
+			logf("%s left out at %d Services (-scale.iptables-max %d)", kind, n, *iptMaxFlag)
+			continue
+		}
 		r := &Proxy{Name: kind}
 		res.Proxies = append(res.Proxies, r)
 		p := startProxy(t, cp, kind)
@@ -310,74 +321,105 @@ func runScale(t *testing.T, cp *controlplane.ControlPlane, w *world, res *Scale,
 	}
 	logf("idle CPU measured over %s", res.Idle)
 
-	// Single changes, spaced: each proxy's kernel is polled concurrently
-	// until the new address is there. The pause after the slowest one
-	// exceeds every proxy's default --min-sync-period (1 s), so no change
-	// waits for the previous one's rate limit.
+	// Each proxy alone for the changes and the churn: the others are
+	// stopped (SIGSTOP to their process groups, kube-proxy's nft and
+	// iptables-restore children included), so none waits for a core
+	// another one's sync holds (2 cores; kube-proxy iptables at 10k spends
+	// about a second per change), then resumed and given time to catch up.
 	rnd := rand.New(rand.NewPCG(uint64(n), 1))
-	for s := range *samplesFlag {
-		i, j := rnd.IntN(n), rnd.IntN(w.eps)
-		ep, at, err := w.change(ctx, i, j)
-		if err != nil {
-			t.Fatal(err)
+	res.Churn = *churnFlag
+	for k, p := range ps {
+		var others []*proxy
+		for o, q := range ps {
+			if o != k {
+				others = append(others, q)
+			}
 		}
+		signal(others, syscall.SIGSTOP)
+		measure(ctx, t, w, n, p, rs[k], res, rnd, logf)
+		signal(others, syscall.SIGCONT)
+		// The resumed ones catch up with what they missed (not measured).
+		last := w.lastChanged
 		var wg sync.WaitGroup
-		for k, p := range ps {
+		for _, q := range others {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				dctx, dcancel := context.WithDeadline(ctx, at.Add(changeDeadline))
+				dctx, dcancel := context.WithTimeout(ctx, 5*time.Minute)
 				defer dcancel()
-				seen, err := p.waitProgrammed(dctx, svcKey(i), ep, 2*time.Millisecond)
+				at, err := q.waitProgrammed(dctx, svcKey(last), w.lastEndpointChanged, 10*time.Millisecond)
 				if err != nil {
-					rs[k].Missed++
-					t.Logf("change %d: %v", s, err)
+					t.Errorf("%s did not catch up after being resumed: %v", q.kind, err)
 					return
 				}
-				rs[k].Latencies = append(rs[k].Latencies, seen.Sub(at))
+				logf("%s caught up %s after being resumed", q.kind, at.Sub(w.resumedAt).Round(time.Millisecond))
 			}()
 		}
+		w.resumedAt = time.Now()
 		wg.Wait()
-		time.Sleep(1200 * time.Millisecond)
-	}
-	var lat []string
-	for _, r := range rs {
-		lat = append(lat, fmt.Sprintf("%s p50 %s p99 %s", r.Name, r.Percentile(0.5).Round(10*time.Microsecond), r.Percentile(0.99).Round(10*time.Microsecond)))
-	}
-	logf("%d single changes: %s", *samplesFlag, strings.Join(lat, ", "))
-
-	// Churn: -scale.churn-rate changes per second, random Services, by a
-	// few writers (never two on one Service at once).
-	res.Churn = *churnFlag
-	lastSvc, lastChange, churnEnd, count := churn(ctx, t, w, n, *rateFlag, *churnFlag, rnd, func() { c0 = cpus(ps) }, func() {
-		for k, c := range cpus(ps) {
-			rs[k].CPUChurn = c - c0[k]
+		for _, q := range others {
+			settle(q, 30*time.Second)
 		}
-	})
-	res.ChurnChanges = count
-	var wg sync.WaitGroup
-	for k, p := range ps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			dctx, dcancel := context.WithTimeout(ctx, changeDeadline)
-			defer dcancel()
-			seen, err := p.waitProgrammed(dctx, svcKey(lastSvc), lastChange, 2*time.Millisecond)
-			if err != nil {
-				t.Errorf("after churn: %v", err)
-				return
-			}
-			rs[k].CatchUp = max(0, seen.Sub(churnEnd))
-		}()
 	}
-	wg.Wait()
-	logf("churn: %d changes in %s", count, res.Churn)
 	for k, p := range ps {
 		rs[k].RSSEnd, rs[k].RSSPeak = p.mem()
 		if p.exited() {
 			t.Errorf("%s exited during the run: %s", p.kind, p.logTail(20))
 		}
 	}
+}
+
+// signal sends sig to each proxy's process group.
+func signal(ps []*proxy, sig syscall.Signal) {
+	for _, p := range ps {
+		_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+	}
+}
+
+// measure runs the single changes and the churn with p the only proxy
+// running.
+func measure(ctx context.Context, t *testing.T, w *world, n int, p *proxy, r *Proxy, res *Scale, rnd *rand.Rand, logf func(string, ...any)) {
+	// Single changes, spaced: the pause after each exceeds the default
+	// --min-sync-period (1 s) of every proxy, so no change waits for the
+	// previous one's rate limit.
+	for s := range *samplesFlag {
+		i, j := rnd.IntN(n), rnd.IntN(w.eps)
+		ep, at, err := w.change(ctx, i, j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dctx, dcancel := context.WithDeadline(ctx, at.Add(changeDeadline))
+		seen, err := p.waitProgrammed(dctx, svcKey(i), ep, 2*time.Millisecond)
+		dcancel()
+		if err != nil {
+			r.Missed++
+			t.Logf("change %d: %v", s, err)
+		} else {
+			r.Latencies = append(r.Latencies, seen.Sub(at))
+		}
+		time.Sleep(1200 * time.Millisecond)
+	}
+	logf("%s: %d single changes: p50 %s, p99 %s", p.kind, *samplesFlag,
+		r.Percentile(0.5).Round(10*time.Microsecond), r.Percentile(0.99).Round(10*time.Microsecond))
+
+	// Churn: -scale.churn-rate changes per second to random Services, by
+	// a few writers (never two on one Service at once).
+	var c0 time.Duration
+	lastSvc, lastEP, churnEnd, count := churn(ctx, t, w, n, *rateFlag, *churnFlag, rnd,
+		func() { c0 = p.cpu() }, func() { r.CPUChurn = p.cpu() - c0 })
+	res.ChurnChanges = max(res.ChurnChanges, count)
+	w.lastChanged, w.lastEndpointChanged = lastSvc, lastEP
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer dcancel()
+	seen, err := p.waitProgrammed(dctx, svcKey(lastSvc), lastEP, 2*time.Millisecond)
+	if err != nil {
+		r.Err = "after churn: " + err.Error()
+		t.Errorf("after churn: %v", err)
+		return
+	}
+	r.CatchUp = max(0, seen.Sub(churnEnd))
+	logf("%s: churn %d changes in %s, CPU %s, last change in the kernel %s after the churn", p.kind, count, *churnFlag,
+		r.CPUChurn, r.CatchUp.Round(time.Millisecond))
 }
 
 // settle waits until p uses under 5% of a core over a second (its

@@ -147,7 +147,8 @@ func (s *Scale) WriteMarkdown(w io.Writer) {
 				return math.NaN(), "–"
 			}
 			a, b := r.value(sy), r.value(o)
-			if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
+			// Below 0.1 (% of a core, ms, s, MiB) a ratio says nothing.
+			if math.IsNaN(a) || math.IsNaN(b) || b < 0.1 {
 				return math.NaN(), "–"
 			}
 			return a / b, fmt.Sprintf("%.2f×", a/b)

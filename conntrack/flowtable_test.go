@@ -65,6 +65,35 @@ func newFTEnv(t *testing.T, prefix string) *ftEnv {
 	return &ftEnv{node: node, cli: cli, ct: ct}
 }
 
+// withoutEventCache runs fn with the node namespace's
+// nf_conntrack_events at 0, so the entries fn creates get no event cache
+// and never send an event: what entries made before any listener existed
+// do. Relying on "no listener" instead is wrong on a shared machine: with
+// nf_conntrack_events=2 the kernel (6.3+) asks whether a listener exists
+// in ANY namespace, so an agent subscribed elsewhere (another test
+// package) gives every new entry an event cache.
+func (e *ftEnv) withoutEventCache(t *testing.T, fn func()) {
+	t.Helper()
+	const path = "/proc/sys/net/netfilter/nf_conntrack_events"
+	var old []byte
+	set := func(v []byte) {
+		t.Helper()
+		if err := e.node.Do(func() (err error) {
+			if old == nil {
+				if old, err = os.ReadFile(path); err != nil {
+					return err
+				}
+			}
+			return os.WriteFile(path, v, 0o644)
+		}); err != nil {
+			t.Fatalf("nf_conntrack_events in %s: %v", e.node.Name(), err)
+		}
+	}
+	set([]byte("0\n"))
+	defer set(old)
+	fn()
+}
+
 // connect opens a TCP connection to frontend, checks the echo server's
 // reply names the endpoint and the client's address, and returns the
 // entry the connection must have: original tuple client -> frontend,
@@ -154,7 +183,8 @@ func runTable(t *testing.T, ft *FlowTable) {
 // events at all, so its deletion is seen by the sweep.
 func TestFlowTableFollowsEvents(t *testing.T) {
 	env := newFTEnv(t, "ftev")
-	_, wantOlder := env.connect(t, ftFrontends[0])
+	var wantOlder Flow
+	env.withoutEventCache(t, func() { _, wantOlder = env.connect(t, ftFrontends[0]) })
 
 	ft, err := NewFlowTable(env.node.NsHandle(), fromClient, WithSweepInterval(300*time.Millisecond))
 	if err != nil {
@@ -543,10 +573,12 @@ func TestFlowTableRunEndsWithContext(t *testing.T) {
 func TestFlowTableSweepsByDump(t *testing.T) {
 	env := newFTEnv(t, "ftsweep")
 	var want []Flow
-	for _, fe := range ftFrontends {
-		_, w := env.connect(t, fe)
-		want = append(want, w)
-	}
+	env.withoutEventCache(t, func() {
+		for _, fe := range ftFrontends {
+			_, w := env.connect(t, fe)
+			want = append(want, w)
+		}
+	})
 	ft, err := NewFlowTable(env.node.NsHandle(), fromClient, WithSweepInterval(200*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)

@@ -13,9 +13,9 @@
 //     a random Service replaced, timed from just before the API update
 //     until the new address is in that Service's rules (p50/p99);
 //   - RSS after the cold sync, at the end and at peak (VmRSS, VmHWM);
-//   - CPU (utime+stime of the process and its waited-for children, such
-//     as kube-proxy's nft and iptables-restore) idle and under a churn of
-//     endpoint changes.
+//   - CPU (utime+stime of the proxy's process group: its running children,
+//     such as kube-proxy's nft and iptables-restore, and the reaped ones)
+//     idle and under a churn of endpoint changes.
 //
 // The tests run only with -scale.bench (see bench_test.go); without it
 // `go test ./...` skips them without building anything. report.go prints

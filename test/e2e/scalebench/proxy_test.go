@@ -344,23 +344,51 @@ func (p *proxy) healthy() bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// cpu is the process's CPU time so far, its waited-for children's
-// (kube-proxy's nft and iptables-restore runs) included.
+// cpu is the CPU time so far of the proxy's process group: every live
+// process in it (kube-proxy's running nft or iptables-restore included)
+// plus the leader's reaped children. A child's time moves from the first
+// to the second when it is reaped, so the sum has no gap and no jump.
 func (p *proxy) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name (which is in parentheses).
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	// utime, stime, cutime, cstime are fields 14-17 of stat: 12-15 here.
+	pgid := p.cmd.Process.Pid
+	ents, _ := os.ReadDir("/proc")
 	var ticks int64
-	for _, i := range []int{11, 12, 13, 14} {
-		v, _ := strconv.ParseInt(f[i], 10, 64)
-		ticks += v
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f := procStat(pid)
+		// pgrp is field 5 of stat: 2 here.
+		if len(f) < 15 || f[2] != strconv.Itoa(pgid) {
+			continue
+		}
+		// utime, stime (fields 14, 15); the leader's cutime, cstime
+		// (16, 17).
+		fields := []int{11, 12}
+		if pid == pgid {
+			fields = append(fields, 13, 14)
+		}
+		for _, i := range fields {
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += v
+		}
 	}
 	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// procStat is /proc/pid/stat's fields after the command name (field 3
+// first); nil when unreadable.
+func procStat(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 > len(s) {
+		return nil
+	}
+	return strings.Fields(s[i+2:])
 }
 
 // mem is VmRSS and VmHWM (peak) in bytes.

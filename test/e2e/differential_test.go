@@ -1,16 +1,9 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -21,7 +14,7 @@ import (
 	"github.com/switchyard/switchyard/test/agentspec"
 	"github.com/switchyard/switchyard/test/agentspec/nftdp"
 	"github.com/switchyard/switchyard/test/apisource"
-	"github.com/switchyard/switchyard/test/cluster/controlplane"
+	"github.com/switchyard/switchyard/test/e2e/kubeproxy"
 	"github.com/switchyard/switchyard/test/netnstest"
 )
 
@@ -213,98 +206,11 @@ func keys(m map[string]bool) string {
 	return strings.Join(out, "+")
 }
 
-// startKubeProxy runs upstream kube-proxy in nftables mode in n's
-// namespace against cp (admin token: kube-proxy's own RBAC is not what is
-// tested) and waits until it reports healthy.
-func startKubeProxy(t *testing.T, cp *controlplane.ControlPlane, n *diffNode) {
-	t.Helper()
-	dir := t.TempDir()
-	u, err := url.Parse(cp.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	netnstest.Forward(t, n.env.Node, apiInNode, u.Host)
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := cp.WriteKubeconfig(kubeconfig, "https://"+apiInNode, cp.AdminToken); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "kube-proxy.log")
-	log, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bins.Proxy,
-		"--proxy-mode", "nftables",
-		"--kubeconfig", kubeconfig,
-		"--hostname-override", "node",
-		"--cluster-cidr", agentspec.ClusterCIDR,
-		"--healthz-bind-address", "127.0.0.1:10256",
-		"--metrics-bind-address", "127.0.0.1:10249",
-		// nf_conntrack_max is global: leave the machine's alone.
-		"--conntrack-max-per-core", "0",
-	)
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := n.env.Start(cmd); err != nil {
-		log.Close()
-		t.Fatalf("start kube-proxy: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); log.Close(); close(done) }()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			lines := strings.Split(string(b), "\n")
-			t.Logf("kube-proxy log tail:\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
-		}
-	})
-	deadline := time.Now().Add(agentspec.Deadline)
-	for {
-		status := 0
-		// The transport dials on goroutines of its own: dial in the
-		// namespace explicitly.
-		c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-			DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
-				return netnstest.Dial(n.env.Node, network, addr, 2*time.Second)
-			},
-		}}
-		if resp, err := c.Get("http://127.0.0.1:10256/healthz"); err == nil {
-			status = resp.StatusCode
-			resp.Body.Close()
-		}
-		c.CloseIdleConnections()
-		if status == http.StatusOK {
-			return
-		}
-		select {
-		case <-done:
-			t.Fatal("kube-proxy exited")
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kube-proxy not healthy within %v (last status %d)", agentspec.Deadline, status)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // TestE2EDifferentialKubeProxy compares switchyard with upstream
 // kube-proxy (nftables mode) on the same API objects.
 func TestE2EDifferentialKubeProxy(t *testing.T) {
 	requireE2E(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	c := newCluster(t)
-	if _, err := c.admin.CoreV1().Nodes().Get(ctx, c.env.NodeName, metav1GetOptions()); err != nil {
-		t.Fatal(err)
-	}
 	// The Node carries the node's address: kube-proxy takes its NodePort
 	// addresses from it.
 	setNodeIP(t, c, agentspec.NodeAddr)
@@ -324,7 +230,10 @@ func TestE2EDifferentialKubeProxy(t *testing.T) {
 	// Both proxies read the same objects and program them in one
 	// transaction each: once the corpus's last Service answers through
 	// one, all of it is there.
-	startKubeProxy(t, c.cp, kp)
+	// Upstream kube-proxy with the admin token: its own RBAC is not what
+	// is tested.
+	kubeproxy.Start(t, c.cp, kp.env.Node, kubeproxy.Options{Hostname: "node", Args: []string{"--cluster-cidr", agentspec.ClusterCIDR}}).
+		WaitHealthy(t, agentspec.Deadline)
 	last := corpus[len(corpus)-1].probes[0]
 	for _, n := range []*diffNode{sy, kp} {
 		a.Eventually("the last Service answers on "+n.env.Node.Name(), agentspec.Deadline, func() (bool, string) {

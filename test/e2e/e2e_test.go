@@ -118,8 +118,6 @@ func TestE2EAgentSpec(t *testing.T) {
 	}
 }
 
-func metav1GetOptions() metav1.GetOptions { return metav1.GetOptions{} }
-
 // setNodeIP gives the cluster's Node the InternalIP ip.
 func setNodeIP(t *testing.T, c *cluster, ip netip.Addr) {
 	t.Helper()

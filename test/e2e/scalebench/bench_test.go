@@ -275,7 +275,7 @@ func runScale(t *testing.T, cp *controlplane.ControlPlane, w *world, res *Scale,
 			defer close(hdone)
 			for hctx.Err() == nil {
 				if p.healthy() {
-					r.Healthz = time.Since(p.started)
+					r.Healthz = time.Since(p.Started)
 					return
 				}
 				select {
@@ -292,10 +292,10 @@ func runScale(t *testing.T, cp *controlplane.ControlPlane, w *world, res *Scale,
 			<-hdone
 			r.Err = "cold sync: " + err.Error()
 			t.Errorf("%s: %v", kind, err)
-			p.stop()
+			p.Stop()
 			continue
 		}
-		r.Cold = at.Sub(p.started)
+		r.Cold = at.Sub(p.Started)
 		select {
 		case <-hdone:
 		case <-time.After(10 * time.Second):
@@ -363,8 +363,8 @@ func runScale(t *testing.T, cp *controlplane.ControlPlane, w *world, res *Scale,
 	}
 	for k, p := range ps {
 		rs[k].RSSEnd, rs[k].RSSPeak = p.mem()
-		if p.exited() {
-			t.Errorf("%s exited during the run: %s", p.kind, p.logTail(20))
+		if p.Exited() {
+			t.Errorf("%s exited during the run: %s", p.kind, p.LogTail(20))
 		}
 	}
 }
@@ -372,7 +372,7 @@ func runScale(t *testing.T, cp *controlplane.ControlPlane, w *world, res *Scale,
 // signal sends sig to each proxy's process group.
 func signal(ps []*proxy, sig syscall.Signal) {
 	for _, p := range ps {
-		_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+		_ = syscall.Kill(-p.Pid(), sig)
 	}
 }
 

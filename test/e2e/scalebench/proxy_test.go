@@ -7,8 +7,6 @@ import (
 	"encoding/base32"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -27,7 +25,8 @@ import (
 	"github.com/switchyard/switchyard/dataplane"
 	synft "github.com/switchyard/switchyard/nftables"
 	"github.com/switchyard/switchyard/test/cluster/controlplane"
-	"github.com/switchyard/switchyard/test/cluster/netns"
+	"github.com/switchyard/switchyard/test/e2e/nodeproc"
+	"github.com/switchyard/switchyard/test/netnstest"
 )
 
 // Proxy kinds, by the names of -scale.proxies.
@@ -46,12 +45,9 @@ const clusterCIDR = "10.244.0.0/16"
 
 // proxy is one running proxy in its namespace.
 type proxy struct {
-	kind    string
-	ns      *netns.NS
-	cmd     *exec.Cmd
-	done    chan struct{}
-	logPath string
-	started time.Time
+	*nodeproc.Proc
+	kind string
+	ns   *netnstest.NS
 
 	mu   sync.Mutex
 	conn *nftables.Conn // netlink, in ns
@@ -63,8 +59,8 @@ type proxy struct {
 func startProxy(t *testing.T, cp *controlplane.ControlPlane, kind string) *proxy {
 	t.Helper()
 	short := map[string]string{Switchyard: "sb-sy", KPNFT: "sb-kpn", KPIPT: "sb-kpi"}[kind]
-	ns := netns.New(t, short)
-	server := "https://" + ns.Forward(t, "127.0.0.1:6443", strings.TrimPrefix(cp.URL, "https://"))
+	ns := netnstest.New(t, short)
+	server := "https://" + netnstest.Forward(t, ns, "127.0.0.1:6443", strings.TrimPrefix(cp.URL, "https://"))
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := cp.WriteKubeconfig(kubeconfig, server, cp.AdminToken); err != nil {
@@ -101,62 +97,13 @@ func startProxy(t *testing.T, cp *controlplane.ControlPlane, kind string) *proxy
 	default:
 		t.Fatalf("unknown proxy %q", kind)
 	}
-	logPath := filepath.Join(dir, kind+".log")
-	log, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = log, log
 	cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p := &proxy{kind: kind, ns: ns, cmd: cmd, done: make(chan struct{}), logPath: logPath}
-	p.started = time.Now()
-	if err := ns.Start(cmd); err != nil {
-		log.Close()
-		t.Fatalf("start %s: %v", kind, err)
-	}
-	go func() { _ = cmd.Wait(); log.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		p.stop()
-		p.closeConn()
-		if t.Failed() {
-			t.Logf("%s log tail:\n%s", kind, p.logTail(30))
-		}
-	})
+	p := &proxy{kind: kind, ns: ns}
+	p.Proc = nodeproc.Start(t, ns, kind, filepath.Join(dir, kind+".log"), cmd)
+	// Runs before the process is stopped (cleanups run last first).
+	t.Cleanup(p.closeConn)
 	return p
-}
-
-func (p *proxy) stop() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(5 * time.Second):
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-	}
-}
-
-func (p *proxy) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proxy) logTail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // nft is a netlink socket in the proxy's namespace (one per proxy; its
@@ -167,12 +114,7 @@ func (p *proxy) nft() (*nftables.Conn, error) {
 	if p.conn != nil {
 		return p.conn, nil
 	}
-	f, err := os.Open(filepath.Join("/run/netns", p.ns.Name))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	c, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(int(f.Fd())))
+	c, err := nftables.New(nftables.AsLasting(), nftables.WithNetNSFd(int(p.ns.NsHandle())))
 	if err != nil {
 		return nil, err
 	}
@@ -319,8 +261,8 @@ func (p *proxy) waitProgrammed(ctx context.Context, svc string, ep netip.AddrPor
 		select {
 		case <-ctx.Done():
 			return now, fmt.Errorf("%s: %s -> %s not in the kernel: %w (last error: %v)", p.kind, svc, ep, ctx.Err(), lastErr)
-		case <-p.done:
-			return now, fmt.Errorf("%s exited: %s", p.kind, p.logTail(10))
+		case <-p.Done():
+			return now, fmt.Errorf("%s exited: %s", p.kind, p.LogTail(10))
 		case <-time.After(interval):
 		}
 	}
@@ -329,19 +271,8 @@ func (p *proxy) waitProgrammed(ctx context.Context, svc string, ep netip.AddrPor
 // healthy reports whether /healthz on 127.0.0.1:10256 in the namespace
 // answers 200.
 func (p *proxy) healthy() bool {
-	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{
-		DialContext: func(_ context.Context, network, addr string) (net.Conn, error) {
-			return p.ns.Dial(network, addr, time.Second)
-		},
-	}}
-	defer c.CloseIdleConnections()
-	resp, err := c.Get("http://127.0.0.1:10256/healthz")
-	if err != nil {
-		return false
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	code, _, err := nodeproc.Get(context.Background(), p.ns, "127.0.0.1:10256", "/healthz", time.Second)
+	return err == nil && code == http.StatusOK
 }
 
 // cpu is the CPU time so far of the proxy's process group: every live
@@ -349,7 +280,7 @@ func (p *proxy) healthy() bool {
 // plus the leader's reaped children. A child's time moves from the first
 // to the second when it is reaped, so the sum has no gap and no jump.
 func (p *proxy) cpu() time.Duration {
-	pgid := p.cmd.Process.Pid
+	pgid := p.Pid()
 	ents, _ := os.ReadDir("/proc")
 	var ticks int64
 	for _, e := range ents {
@@ -393,7 +324,7 @@ func procStat(pid int) []string {
 
 // mem is VmRSS and VmHWM (peak) in bytes.
 func (p *proxy) mem() (rss, peak uint64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.Pid()))
 	if err != nil {
 		return 0, 0
 	}

@@ -15,8 +15,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/test/cluster/controlplane"
-	"github.com/switchyard/switchyard/test/cluster/kubeproxy"
-	"github.com/switchyard/switchyard/test/cluster/netns"
+	"github.com/switchyard/switchyard/test/e2e/kubeproxy"
+	"github.com/switchyard/switchyard/test/netnstest"
 )
 
 // TestKubeProxyNFTables runs upstream kube-proxy in nftables mode in a
@@ -36,25 +36,11 @@ func TestKubeProxyNFTables(t *testing.T) {
 	if _, err := cp.CreateNode(ctx, "kp-node", "10.200.0.1"); err != nil {
 		t.Fatal(err)
 	}
-	ns := netns.New(t, "kp")
-	started := time.Now()
+	ns := netnstest.New(t, "kp")
 	p := kubeproxy.Start(t, cp, ns, kubeproxy.Options{Hostname: "kp-node"})
-
 	// Healthy once the first sync of each family is done.
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if p.Exited() {
-			t.Fatalf("kube-proxy exited:\n%s", p.LogTail(30))
-		}
-		code, body, err := p.Get(ctx, "127.0.0.1:10256", "/healthz")
-		if err == nil && code == 200 {
-			t.Logf("kube-proxy healthy after %s: %s", time.Since(started).Round(time.Millisecond), body)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kube-proxy not healthy after 60s: %d %s %v", code, body, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	p.WaitHealthy(t, 60*time.Second)
+	t.Logf("kube-proxy healthy after %s", time.Since(p.Started).Round(time.Millisecond))
 
 	admin, err := cp.Client()
 	if err != nil {

@@ -8,6 +8,7 @@ package apisource
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -76,7 +77,7 @@ func (s *Source) Write(t *testing.T, name, content string) {
 	s.written[name] = refs
 	s.mu.Unlock()
 	for _, r := range old {
-		if !contains(refs, r) {
+		if !slices.Contains(refs, r) {
 			if err := s.delete(ctx, r); err != nil {
 				t.Fatalf("apisource: %s: %v", name, err)
 			}
@@ -117,15 +118,6 @@ func Decode(content string) ([]runtime.Object, error) {
 		out = append(out, o)
 	}
 	return out, nil
-}
-
-func contains(refs []ref, r ref) bool {
-	for _, x := range refs {
-		if x == r {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Source) apply(ctx context.Context, o runtime.Object) (ref, error) {

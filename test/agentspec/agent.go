@@ -16,19 +16,19 @@ import (
 	"time"
 )
 
-// logBuffer collects one agent process's output; safe for concurrent use.
-type logBuffer struct {
+// LogBuffer collects one process's output; safe for concurrent use.
+type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (l *logBuffer) Write(p []byte) (int, error) {
+func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.Write(p)
 }
 
-func (l *logBuffer) String() string {
+func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
@@ -38,7 +38,7 @@ func (l *logBuffer) String() string {
 type Run struct {
 	N    int
 	cmd  *exec.Cmd
-	log  *logBuffer
+	log  *LogBuffer
 	done chan struct{}
 	err  error // Wait's result, once done is closed
 }
@@ -202,7 +202,7 @@ func (a *Agent) Start() *Run {
 		"--sync-period", "2s",
 		"--metrics-refresh-interval", "1s",
 	)
-	r := &Run{N: len(a.runs) + 1, log: &logBuffer{}, done: make(chan struct{})}
+	r := &Run{N: len(a.runs) + 1, log: &LogBuffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(a.env.AgentPath, args...)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
 	if err := a.env.Start(r.cmd); err != nil {

@@ -91,7 +91,7 @@ type runSpec struct {
 type agentRun struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	log  *logBuffer
+	log  *agentspec.LogBuffer
 	done chan struct{}
 	err  error
 	args []string // the agent's flags, for --cleanup
@@ -136,7 +136,7 @@ func startAgent(t *testing.T, s runSpec) *agentRun {
 		"--bpf-pin-path", s.pinPath, "--cluster-cidr", agentspec.ClusterCIDR,
 		"--min-sync-period", "100ms", "--sync-period", "2s", "-v=2",
 	}, s.extra...)
-	r := &agentRun{t: t, log: &logBuffer{}, done: make(chan struct{}), args: args, spec: s}
+	r := &agentRun{t: t, log: &agentspec.LogBuffer{}, done: make(chan struct{}), args: args, spec: s}
 	r.cmd = restricted(t, s.caps, s.roProcSys, append([]string{agentBin, "--manifests", dir}, args...)...)
 	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
 	if err := s.node.Do(r.cmd.Start); err != nil {
